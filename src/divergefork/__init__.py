@@ -1,0 +1,35 @@
+"""divergefork: fork child processes safely.
+
+A child gets a copy-on-write copy of a value the parent keeps, runs an entry that never
+returns, and is always reaped and reported. See the README for a tour.
+"""
+
+from __future__ import annotations
+
+from ._child import MAX_RESULT_BYTES, exec_child, exit_child
+from ._errors import DivergeforkError, ForkUnsafeError, PluginError
+from ._fork import Child, fork
+from ._hookspecs import ChildSpec, Config, hookimpl, hookspec
+from ._reap import CAPTURE_LIMIT
+from ._report import RETURNED_EXIT_CODE, Outcome, Report
+
+__all__ = [
+    "CAPTURE_LIMIT",
+    "MAX_RESULT_BYTES",
+    "RETURNED_EXIT_CODE",
+    "Child",
+    "ChildSpec",
+    "Config",
+    "DivergeforkError",
+    "ForkUnsafeError",
+    "Outcome",
+    "PluginError",
+    "Report",
+    "exec_child",
+    "exit_child",
+    "fork",
+    "hookimpl",
+    "hookspec",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,245 @@
+"""Everything that runs in the child. Every path out of here ends in ``os._exit``.
+
+After ``fork`` the child is a copy of the parent up to the call of ``fork()``: if the child
+ever returned from it, or let an exception escape, it would run the caller's ``finally``
+blocks, the test runner, and at the end the parent's atexit handlers a second time.
+:func:`run` is the only function the child executes after ``fork`` and it cannot unwind.
+
+The child talks to the parent through a private status pipe (close-on-exec, so an exec'd
+program never sees it). Records are ``kind (1 byte) + length (4 bytes) + payload``:
+
+=====  =================================================================================
+kind   payload
+=====  =================================================================================
+``V``  JSON of the ``result`` given to :func:`exit_child`
+``E``  traceback of the exception the entry raised
+``R``  text saying what the entry returned (a contract violation)
+``X``  JSON argv of an exec attempt; if the exec succeeds nothing follows
+``F``  text of the exec failure
+=====  =================================================================================
+
+A child that just exits writes nothing at all: the fast path costs no system call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, NoReturn, TypeVar
+
+from . import _linux
+from ._errors import DivergeforkError
+from ._report import RETURNED_EXIT_CODE
+
+__all__ = ["MAX_RESULT_BYTES", "exec_child", "exit_child", "run"]
+
+T = TypeVar("T")
+
+#: The largest JSON ``result`` (UTF-8 bytes) :func:`exit_child` sends back.
+MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
+
+_HEADER: Final = struct.Struct("!cI")
+
+# Set in the child right after fork: (pid of this child, write end of its status pipe).
+# A process forked from the child with plain os.fork has another pid and is not "in" it.
+_status: tuple[int, int] | None = None
+
+
+def run(
+    value: T,
+    entry: Callable[[T], NoReturn],
+    status_fd: int,
+    parent_pid: int,
+    *,
+    kill_on_parent_exit: bool,
+    new_group: bool,
+    capture: tuple[int, int, int, int] | None,
+    reset_sigterm: bool,
+) -> NoReturn:
+    """The child's whole life after ``fork``: set up, call the entry, end in ``os._exit``."""
+    global _status
+    code = 1
+    try:
+        try:
+            _status = (os.getpid(), status_fd)
+            if new_group:
+                # The parent calls setpgid too: whoever runs first wins the race with a
+                # deadline's killpg, and the loser's call is harmless.
+                try:
+                    os.setpgid(0, 0)
+                except OSError:
+                    pass
+            if kill_on_parent_exit:
+                _linux.set_parent_death_signal(signal.SIGKILL)
+                # The parent may have died before prctl ran; then we were reparented and the
+                # death signal will never come.
+                if os.getppid() != parent_pid:
+                    code = 128 + signal.SIGKILL
+                    return _exit(code)
+            if reset_sigterm:
+                # A Python SIGTERM handler inherited from the parent would turn a deadline
+                # into an exception in the entry; the kernel's default is what we promise.
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if capture is not None:
+                _redirect_output(capture)
+            returned = entry(value)  # type: ignore[func-returns-value]
+            code = RETURNED_EXIT_CODE
+            _send(b"R", _returned_text(entry, returned).encode("utf-8", "replace"))
+        except SystemExit as exc:
+            code = _system_exit_code(exc)
+        except BaseException as exc:  # noqa: BLE001 - the child must never unwind
+            code = 1
+            text = "".join(traceback.format_exception(exc))
+            try:
+                sys.stderr.write(text)
+            except BaseException:  # noqa: BLE001
+                pass
+            _send(b"E", text.encode("utf-8", "replace"))
+    finally:
+        # Whatever happened above, including an exception while reporting one, the child
+        # ends here and never returns into the caller of fork().
+        _exit(code)
+
+
+def exit_child(code: int = 0, *, result: object = None) -> NoReturn:
+    """End this child with exit status ``code``, handing ``result`` (JSON) to the parent.
+
+    ``sys.stdout`` and ``sys.stderr`` are flushed first. A ``result`` that is not
+    JSON-serialisable raises ``TypeError``, and one larger than ``MAX_RESULT_BYTES`` raises
+    ``ValueError``, here in the child (so the report says ``raised`` and why).
+    """
+    if _status is None or _status[0] != os.getpid():
+        raise DivergeforkError(
+            "exit_child() was called outside a child started by divergefork.fork(); "
+            "in an ordinary process use sys.exit()"
+        )
+    if not isinstance(code, int):
+        raise TypeError(f"exit_child(code=...) must be an int, not {type(code).__name__}")
+    if result is not None:
+        try:
+            payload = json.dumps(result, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"exit_child(result=...) must be JSON-serialisable: {exc}") from exc
+        if len(payload) > MAX_RESULT_BYTES:
+            raise ValueError(
+                f"exit_child(result=...) is {len(payload)} bytes of JSON; the limit is "
+                f"MAX_RESULT_BYTES = {MAX_RESULT_BYTES}: write large data to a file instead"
+            )
+        _flush()
+        _send(b"V", payload)
+    else:
+        _flush()
+    _exit(code)
+
+
+def exec_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> NoReturn:
+    """Replace this child with a program, looked up on ``PATH`` like ``execvp``.
+
+    If the program cannot be started the child exits 127 and its report says
+    ``exec_failed`` with the operating system's reason.
+    """
+    if isinstance(argv, str | bytes) or not argv:
+        raise ValueError("exec_child(argv) needs a non-empty sequence of strings, like ['ls', '-l']")
+    args = list(argv)
+    for arg in args:
+        if not isinstance(arg, str):
+            raise TypeError(f"exec_child(argv) items must be str, not {type(arg).__name__}: {arg!r}")
+    environ = None if env is None else dict(env)
+    _flush()
+    inside = _status is not None and _status[0] == os.getpid()
+    if inside:
+        _send(b"X", json.dumps(args).encode())
+    try:
+        if environ is None:
+            os.execvp(args[0], args)
+        else:
+            os.execvpe(args[0], args, environ)
+    except OSError as exc:
+        if not inside:
+            raise
+        reason = exc.strerror or str(exc)
+        text = f"cannot exec {args[0]!r}: [Errno {exc.errno}] {reason}"
+        try:
+            sys.stderr.write(f"divergefork: {text}\n")
+        except BaseException:  # noqa: BLE001
+            pass
+        _send(b"F", text.encode("utf-8", "replace"))
+        _exit(127)
+    raise AssertionError("unreachable: exec returned")  # pragma: no cover
+
+
+def _exit(code: int) -> NoReturn:
+    """The one place the child ends. Flushes Python's stdio, never runs atexit handlers."""
+    try:
+        _flush()
+    finally:
+        os._exit(code & 0xFF)  # what the kernel keeps of an exit status
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except BaseException:  # noqa: BLE001 - a closed or broken stream cannot stop the exit
+                pass
+
+
+def _send(kind: bytes, payload: bytes) -> None:
+    if _status is None:
+        return
+    data = memoryview(_HEADER.pack(kind, len(payload)) + payload)
+    fd = _status[1]
+    try:
+        # The parent reads while it waits, so a result larger than the pipe's buffer
+        # blocks here only until the parent drains it.
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:
+        pass  # the parent is gone or stopped listening; the exit status still tells
+
+
+def _system_exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    # Like the interpreter: sys.exit("message") prints the message and exits 1.
+    try:
+        sys.stderr.write(f"{code}\n")
+    except BaseException:  # noqa: BLE001
+        pass
+    return 1
+
+
+def _returned_text(entry: object, returned: object) -> str:
+    try:
+        who = getattr(entry, "__qualname__", None) or repr(entry)
+        what = repr(returned)
+    except BaseException:  # noqa: BLE001 - a broken __repr__ must not hide the violation
+        who, what = "the entry", "a value"
+    if len(what) > 200:
+        what = what[:200] + "..."
+    return (
+        f"contract violation: entry {who} returned {what} instead of diverging; an entry must exit "
+        f"(exit_child, sys.exit), exec (exec_child), raise, or loop until killed. "
+        f"The child exited with RETURNED_EXIT_CODE {RETURNED_EXIT_CODE}."
+    )
+
+
+def _redirect_output(capture: tuple[int, int, int, int]) -> None:
+    out_r, out_w, err_r, err_w = capture
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    for fd in capture:
+        os.close(fd)
+    # The parent may have replaced sys.stdout/sys.stderr (a test runner's capture): the
+    # child's Python output must go to descriptors 1 and 2 like everything else.
+    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115

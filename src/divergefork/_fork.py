@@ -1,0 +1,349 @@
+"""``fork()`` and the ``Child`` handle. The only place in divergefork that calls ``os.fork``."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal, NoReturn, TypeVar, final
+
+from . import _child, _linux
+from ._errors import DivergeforkError, ForkUnsafeError
+
+if TYPE_CHECKING:
+    from ._reap import Waiter
+    from ._report import Report
+
+__all__ = ["Child", "Options", "fork", "start"]
+
+T = TypeVar("T")
+
+OnParentExit = Literal["kill", "keep"]
+Threads = Literal["refuse", "warn", "allow"]
+
+_PIPE_FLAGS: Final = os.O_CLOEXEC
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The validated keyword options of one ``fork`` call (or a ``Scope``'s defaults)."""
+
+    name: str | None = None
+    timeout: float | None = None
+    grace: float = 2.0
+    on_parent_exit: OnParentExit = "kill"
+    new_group: bool = True
+    threads: Threads = "refuse"
+    capture: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise TypeError(f"fork(name=...) must be a non-empty str or None, not {self.name!r}")
+        if self.timeout is not None:
+            _check_seconds("timeout", self.timeout)
+            if self.timeout <= 0:
+                raise ValueError(f"fork(timeout=...) must be > 0 seconds or None, not {self.timeout!r}")
+        _check_seconds("grace", self.grace)
+        if self.grace < 0:
+            raise ValueError(f"fork(grace=...) must be >= 0 seconds, not {self.grace!r}")
+        if self.on_parent_exit not in ("kill", "keep"):
+            raise ValueError(f"fork(on_parent_exit=...) must be 'kill' or 'keep', not {self.on_parent_exit!r}")
+        if self.threads not in ("refuse", "warn", "allow"):
+            raise ValueError(f"fork(threads=...) must be 'refuse', 'warn' or 'allow', not {self.threads!r}")
+        for flag in ("new_group", "capture"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"fork({flag}=...) must be True or False, not {getattr(self, flag)!r}")
+
+
+def _check_seconds(option: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"fork({option}=...) must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"fork({option}=...) must be finite, not {value!r}")
+
+
+def fork(
+    value: T,
+    entry: Callable[[T], NoReturn],
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    grace: float = 2.0,
+    on_parent_exit: OnParentExit = "kill",
+    new_group: bool = True,
+    threads: Threads = "refuse",
+    capture: bool = False,
+) -> Child:
+    """Fork a child that runs ``entry(value)`` and never returns; return its handle at once.
+
+    The child gets a copy-on-write copy of ``value``: whatever it does to it, the parent's
+    object is untouched. ``entry`` must diverge: exit (``exit_child``), exec
+    (``exec_child``), raise, or loop until killed. See the README for every option.
+    """
+    check_entry(entry)
+    options = Options(name, timeout, grace, on_parent_exit, new_group, threads, capture)
+    return start(value, entry, options)
+
+
+def check_entry(entry: object) -> None:
+    if not callable(entry):
+        raise TypeError(
+            f"fork(value, entry): entry must be a callable taking the value and never returning, "
+            f"not {type(entry).__name__} {entry!r}"
+        )
+
+
+def entry_name(entry: Callable[..., object]) -> str:
+    func = getattr(entry, "func", entry)  # functools.partial
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return name if isinstance(name, str) else type(entry).__name__
+
+
+def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
+    """Fork now with already validated options."""
+    if not _linux.HAVE_FORK:
+        raise ForkUnsafeError(
+            f"this platform ({sys.platform}) has no fork(); divergefork needs a POSIX system "
+            "(use subprocess or multiprocessing's 'spawn' context instead)"
+        )
+    if signal.getsignal(signal.SIGCHLD) is signal.SIG_IGN:
+        raise ForkUnsafeError(
+            "SIGCHLD is set to SIG_IGN, so the kernel would discard every child's exit status; "
+            "restore it with signal.signal(signal.SIGCHLD, signal.SIG_DFL) before forking"
+        )
+    if options.threads != "allow" and threading.active_count() > 1:
+        _threads_at_fork(options.threads)
+    name = options.name or entry_name(entry)
+    _reap_orphans()
+
+    for stream in (sys.stdout, sys.stderr):
+        # Text still in a buffer would be written twice: once by the parent, once by the child.
+        if stream is not None:
+            stream.flush()
+
+    status_r, status_w = os.pipe2(_PIPE_FLAGS)
+    capture = None
+    try:
+        if options.capture:
+            out_r, out_w = os.pipe2(_PIPE_FLAGS)
+            err_r, err_w = os.pipe2(_PIPE_FLAGS)
+            capture = (out_r, out_w, err_r, err_w)
+        reset_sigterm = callable(signal.getsignal(signal.SIGTERM))
+        parent = os.getpid()
+        started = time.monotonic()
+        pid = os.fork()
+    except BaseException:
+        for fd in (status_r, status_w, *(capture or ())):
+            os.close(fd)
+        raise
+    if pid == 0:
+        _child.run(
+            value,
+            entry,
+            status_w,
+            parent,
+            kill_on_parent_exit=options.on_parent_exit == "kill",
+            new_group=options.new_group,
+            capture=capture,
+            reset_sigterm=reset_sigterm,
+        )
+    os.close(status_w)
+    if capture is not None:
+        os.close(capture[1])
+        os.close(capture[3])
+    if options.new_group:
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass  # the child already did it, or already exec'd
+    return Child(pid, name, options, status_r, capture, started)
+
+
+@final
+class Child:
+    """The parent's handle on one forked child.
+
+    Signals go through a pidfd where the kernel has them, so a pid reused after the child was
+    reaped is never hit. Every method that waits also enforces the child's deadline.
+    """
+
+    __slots__ = (
+        "pid",
+        "name",
+        "pidfd",
+        "status_fd",
+        "out_fd",
+        "err_fd",
+        "status_buf",
+        "out_buf",
+        "err_buf",
+        "started",
+        "deadline",
+        "grace",
+        "new_group",
+        "stage",
+        "reason",
+        "report",
+        "waiter",
+        "owner",
+        "__weakref__",
+    )
+
+    pid: Final[int]  # type: ignore[misc]
+    name: Final[str]  # type: ignore[misc]
+
+    def __init__(
+        self,
+        pid: int,
+        name: str,
+        options: Options,
+        status_fd: int,
+        capture: tuple[int, int, int, int] | None,
+        started: float,
+    ) -> None:
+        self.pid = pid
+        self.name = name
+        # Opened after fork: if the child is already a zombie the pidfd still refers to it.
+        self.pidfd = _linux.pidfd_open(pid)
+        self.status_fd = status_fd
+        self.out_fd = -1 if capture is None else capture[0]
+        self.err_fd = -1 if capture is None else capture[2]
+        self.status_buf = bytearray()
+        self.out_buf = bytearray()
+        self.err_buf = bytearray()
+        self.started = started
+        self.deadline = None if options.timeout is None else started + options.timeout
+        self.grace = options.grace
+        self.new_group = options.new_group
+        #: 0 running; 1 SIGTERM sent, SIGKILL due; 2 SIGKILL sent.
+        self.stage = 0
+        #: Why we are ending it: None, "timed_out", "cancelled" or "terminated".
+        self.reason: str | None = None
+        self.report: Report | None = None
+        self.waiter: Waiter | None = None
+        self.owner = os.getpid()
+
+    def __repr__(self) -> str:
+        state = "running" if self.report is None else self.report.describe()
+        return f"<Child {self.name!r} pid={self.pid} {state}>"
+
+    def wait(self, timeout: float | None = None) -> Report:
+        """Wait for the child to end and return its report.
+
+        Raises ``TimeoutError`` if ``timeout`` seconds pass first (the child keeps running;
+        its own deadline, if any, is still enforced while waiting).
+        """
+        if self.report is not None:
+            return self.report
+        until = None
+        if timeout is not None:
+            _check_seconds("timeout", timeout)
+            until = time.monotonic() + timeout
+        waiter = self._waiter()
+        while self.report is None:
+            if not waiter.step(until) and until is not None and time.monotonic() >= until:
+                raise TimeoutError(f"child {self.name!r} (pid {self.pid}) still running after {timeout} s")
+        return self.report
+
+    def poll(self) -> Report | None:
+        """The report if the child has ended (reaping it now), else ``None``. Never blocks."""
+        if self.report is None:
+            self._waiter().step(0.0)
+        return self.report
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the child (not its group). A no-op once the child was reaped."""
+        if self.report is None:
+            self._check_owner()
+            _linux.signal_process(self.pid, self.pidfd, sig)
+
+    def terminate(self, grace: float = 2.0) -> Report:
+        """SIGTERM the child and its group, SIGKILL after ``grace`` seconds, reap, report."""
+        _check_seconds("grace", grace)
+        if self.report is None:
+            waiter = self._waiter()
+            if self.reason is None:
+                self.reason = "terminated"
+            waiter.escalate(self, grace)
+        return self.wait()
+
+    def kill(self) -> Report:
+        """SIGKILL the child and its group, reap, report."""
+        if self.report is None:
+            waiter = self._waiter()
+            if self.reason is None:
+                self.reason = "terminated"
+            self.stage = 1
+            waiter.escalate(self, 0.0)
+        return self.wait()
+
+    def _waiter(self) -> Waiter:
+        self._check_owner()
+        if self.waiter is None:
+            from ._reap import Waiter
+
+            self.waiter = Waiter(private=True)
+            self.waiter.add(self)
+        return self.waiter
+
+    def _check_owner(self) -> None:
+        if self.owner != os.getpid():
+            raise DivergeforkError(
+                f"child {self.name!r} (pid {self.pid}) belongs to process {self.owner}; "
+                f"process {os.getpid()} cannot wait for or signal it"
+            )
+
+    def __del__(self) -> None:
+        if self.report is None and self.owner == os.getpid():
+            _orphans.append((self.pid, self.pidfd, self.name))
+            for fd in (self.status_fd, self.out_fd, self.err_fd):
+                if fd >= 0:
+                    os.close(fd)
+            if self.waiter is not None:
+                self.waiter.close()
+            warnings.warn(
+                f"child {self.name!r} (pid {self.pid}) was never waited for; it will be reaped "
+                "by a later fork() but its report is lost. Call wait() or use df.Scope.",
+                ResourceWarning,
+                stacklevel=1,
+            )
+
+
+# Children whose handle was dropped unwaited: reaped later, so they do not stay zombies.
+_orphans: list[tuple[int, int | None, str]] = []
+
+
+def _reap_orphans() -> None:
+    if not _orphans:
+        return
+    for item in list(_orphans):
+        pid, pidfd, _ = item
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _orphans.remove(item)
+            if pidfd is not None:
+                os.close(pidfd)
+
+
+def _threads_at_fork(policy: str) -> None:
+    current = threading.current_thread()
+    others = [t.name for t in threading.enumerate() if t is not current]
+    if not others:
+        return
+    message = (
+        f"{len(others)} other thread(s) are running ({', '.join(sorted(others))}); a forked "
+        "child gets only the calling thread and any lock another thread held stays locked forever"
+    )
+    if policy == "refuse":
+        raise ForkUnsafeError(message + ". Fork before starting threads, or pass threads='allow'.")
+    warnings.warn(message, RuntimeWarning, stacklevel=4)

@@ -1,0 +1,123 @@
+"""The plugin contract: markers, ``ChildSpec``, ``Config`` and the four hook specifications.
+
+Every hook is called in the parent, before or after forking. No entry ever runs inside a hook
+call: if it did, a child that returned or raised would unwind into pluggy and go on calling
+the other plugins' hooks in the child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, NoReturn, TypeVar, final
+
+import pluggy
+
+from ._report import Report
+
+__all__ = [
+    "ChildSpec",
+    "Config",
+    "divergefork_addoption",
+    "divergefork_children",
+    "divergefork_finished",
+    "divergefork_report",
+    "hookimpl",
+    "hookspec",
+]
+
+T = TypeVar("T")
+
+#: Marks the hook specifications below (plugins do not need it).
+hookspec = pluggy.HookspecMarker("divergefork")
+#: Marks a plugin's hook implementation: ``@df.hookimpl def divergefork_children(config): ...``
+hookimpl = pluggy.HookimplMarker("divergefork")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ChildSpec(Generic[T]):
+    """One child a plugin contributes to ``divergefork run``.
+
+    Constructing one is where the type checker proves that ``entry`` accepts ``value`` and
+    never returns.
+    """
+
+    name: str
+    value: T
+    entry: Callable[[T], NoReturn]
+    timeout: float | None = None
+    capture: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise TypeError(f"ChildSpec(name=...) must be a non-empty str, not {self.name!r}")
+        if not callable(self.entry):
+            raise TypeError(
+                f"ChildSpec {self.name!r}: entry must be a callable that never returns, "
+                f"not {type(self.entry).__name__}"
+            )
+        timeout = self.timeout
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ValueError(f"ChildSpec {self.name!r}: timeout must be > 0 seconds or None, not {timeout!r}")
+        if not isinstance(self.capture, bool):
+            raise TypeError(f"ChildSpec {self.name!r}: capture must be True or False, not {self.capture!r}")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What ``divergefork_children`` gets: the parsed command line and the plugin manager."""
+
+    options: argparse.Namespace
+    pluginmanager: pluggy.PluginManager
+
+
+@hookspec
+def divergefork_addoption(parser: argparse.ArgumentParser) -> None:
+    """Add command-line options to ``divergefork run`` (and ``list``).
+
+    Called once per plugin, in the parent, before the command line is parsed. Use
+    ``parser.add_argument_group("my plugin")`` and prefix option names with the plugin's
+    name to avoid clashes. The return value is ignored.
+    """
+
+
+@hookspec
+def divergefork_children(config: Config) -> Iterable[ChildSpec[Any]]:
+    """Return the children this plugin contributes.
+
+    Called once per plugin, in the parent, after the command line is parsed; nothing has been
+    forked yet. ``config.options`` holds the parsed options. Return an iterable of
+    :class:`ChildSpec` (a list, a tuple or a generator); anything else is a ``PluginError``
+    naming the plugin, and then nothing at all is forked. Child names must be unique across
+    all plugins.
+    """
+    raise NotImplementedError  # pragma: no cover - a specification, never called
+
+
+@hookspec
+def divergefork_report(report: Report) -> None:
+    """Observe one child's report, in the parent, as soon as that child is reaped.
+
+    Called in the order children end, possibly while others still run. Must not block for
+    long: other children's deadlines are enforced by the same loop. The return value is ignored.
+    """
+
+
+@hookspec
+def divergefork_finished(reports: Sequence[Report]) -> None:
+    """Observe all reports, in the parent, after the last child was reaped.
+
+    ``reports`` is in the order children ended. Called also when some children failed, and
+    not called when the run was interrupted. The return value is ignored.
+    """
+
+

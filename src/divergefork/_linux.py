@@ -1,0 +1,117 @@
+"""The platform seam: everything that differs between Linux and other POSIX systems.
+
+Linux gives us pidfds (a reaped-and-reused pid can never be signalled by mistake, and the
+exit of a child is a readable file descriptor we can put in one epoll) and
+``PR_SET_PDEATHSIG`` (the kernel kills a child whose parent died, even by SIGKILL). Elsewhere
+both degrade: signals go by pid (safe while the child is unreaped, because an unreaped pid is
+never reused) and children are found by polling ``wait4(pid, WNOHANG)`` with a backoff.
+
+Set ``DIVERGEFORK_NO_PIDFD=1`` to force the fallback on Linux (the test-suite does, to test it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import sys
+from typing import Final
+
+__all__ = [
+    "HAVE_FORK",
+    "HAVE_PDEATHSIG",
+    "have_pidfd",
+    "pidfd_open",
+    "set_parent_death_signal",
+    "signal_process",
+    "signal_group",
+]
+
+HAVE_FORK: Final = hasattr(os, "fork")
+
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def _load_prctl() -> ctypes._NamedFuncPointer | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+# Bound once in the parent so the child, which pays a copy-on-write fault for every page it
+# touches, only makes the call.
+_prctl: Final = _load_prctl()
+HAVE_PDEATHSIG: Final = _prctl is not None
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent thread dies."""
+    if _prctl is None:
+        return False
+    return _prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
+
+
+def _probe_pidfd() -> bool:
+    if os.environ.get("DIVERGEFORK_NO_PIDFD"):
+        return False
+    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
+        return False
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+_have_pidfd: bool | None = None
+
+
+def have_pidfd() -> bool:
+    """Whether this kernel and Python offer pidfds (probed once, lazily)."""
+    global _have_pidfd
+    if _have_pidfd is None:
+        _have_pidfd = _probe_pidfd()
+    return _have_pidfd
+
+
+def pidfd_open(pid: int) -> int | None:
+    """A close-on-exec pidfd for ``pid``, or ``None`` where pidfds are unavailable."""
+    if not have_pidfd():
+        return None
+    return os.pidfd_open(pid)
+
+
+def signal_process(pid: int, pidfd: int | None, sig: int) -> bool:
+    """Send ``sig`` to one process; False if it is already gone."""
+    try:
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False if the group is empty or not ours.
+
+    Only called with the pid of a child we have not reaped yet, or just reaped: a pid that is
+    some live process's group id is never handed out again, so this cannot hit a stranger.
+    """
+    try:
+        os.killpg(pgid, sig)
+    except OSError as exc:
+        if exc.errno in (errno.ESRCH, errno.EPERM):
+            return False
+        raise
+    return True

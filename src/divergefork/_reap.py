@@ -1,0 +1,327 @@
+"""Waiting: the one loop that reaps children, reads their pipes and enforces deadlines.
+
+``Child.wait`` (a private ``Waiter`` per child) and ``Scope`` (one ``Waiter`` for all of
+its children) share this code. A ``Waiter`` watches, in one epoll:
+
+* each child's pidfd, readable once the child has ended (it is then a zombie and
+  ``wait4(pid)`` returns at once with its rusage);
+* each child's status pipe and capture pipes, read as data arrives so a child writing more
+  than a pipe buffer never blocks on a parent that is waiting for its exit;
+
+and keeps deadlines in a heap (SIGTERM at the deadline, SIGKILL ``grace`` seconds later).
+Without pidfds (old kernels, other systems, ``DIVERGEFORK_NO_PIDFD=1``) children are found by
+``waitid(P_PID, pid, WNOHANG | WNOWAIT)`` with a backoff. Never ``waitpid(-1)``: that would
+steal the children of other code in the same process. No SIGCHLD handler either.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import resource
+import select
+import signal
+import struct
+import time
+from typing import TYPE_CHECKING, Final
+
+from . import _linux
+from ._child import MAX_RESULT_BYTES
+from ._report import RETURNED_EXIT_CODE, Outcome, Report
+
+if TYPE_CHECKING:
+    from ._fork import Child
+
+__all__ = ["CAPTURE_LIMIT", "Waiter"]
+
+#: Bytes of captured stdout and of stderr kept per child; past it the oldest bytes are dropped.
+CAPTURE_LIMIT: Final = 1024 * 1024
+
+_READ_SIZE: Final = 65536
+_STATUS_LIMIT: Final = MAX_RESULT_BYTES + 2 * _READ_SIZE
+_HEADER: Final = struct.Struct("!cI")
+_PIDFD, _STATUS, _OUT, _ERR = range(4)
+_DATA, _AGAIN, _EOF = object(), object(), object()
+_BACKOFF_MIN: Final = 0.0005
+_BACKOFF_MAX: Final = 0.05
+
+
+class Waiter:
+    """Reaps a set of children. Not thread-safe; one per ``Scope`` or per lone ``Child``."""
+
+    __slots__ = ("_ep", "_fds", "_heap", "_seq", "_polled", "_backoff", "_private")
+
+    def __init__(self, *, private: bool = False) -> None:
+        self._ep: select.epoll | None = select.epoll()
+        self._fds: dict[int, tuple[Child, int]] = {}
+        self._heap: list[tuple[float, int, Child, int]] = []
+        self._seq = 0
+        self._polled: list[Child] = []
+        self._backoff = _BACKOFF_MIN
+        #: A private waiter serves one child and closes itself when that child is reaped.
+        self._private = private
+
+    def add(self, child: Child) -> None:
+        ep = self._ep
+        assert ep is not None, "waiter closed"
+        fds = self._fds
+        if child.pidfd is not None:
+            ep.register(child.pidfd, select.EPOLLIN)
+            fds[child.pidfd] = (child, _PIDFD)
+        else:
+            self._polled.append(child)
+        ep.register(child.status_fd, select.EPOLLIN)
+        fds[child.status_fd] = (child, _STATUS)
+        if child.out_fd >= 0:
+            ep.register(child.out_fd, select.EPOLLIN)
+            fds[child.out_fd] = (child, _OUT)
+            ep.register(child.err_fd, select.EPOLLIN)
+            fds[child.err_fd] = (child, _ERR)
+        if child.deadline is not None:
+            self._schedule(child, child.deadline)
+
+    def close(self) -> None:
+        if self._ep is not None:
+            self._ep.close()
+            self._ep = None
+
+    def step(self, until: float | None) -> list[Child]:
+        """Wait until at least one child is reaped or ``until`` (monotonic) passes.
+
+        Returns the children reaped (their ``report`` is set). With ``until`` in the past it
+        makes one pass without blocking.
+        """
+        ep = self._ep
+        assert ep is not None, "waiter closed"
+        reaped: list[Child] = []
+        while True:
+            heap = self._heap
+            if heap:
+                now = time.monotonic()
+                while heap and heap[0][0] <= now:
+                    _, _, child, stage = heapq.heappop(heap)
+                    if child.report is None and child.stage == stage:
+                        self.escalate(child, child.grace)
+            if self._polled:
+                self._poll_exited(reaped)
+                if reaped:
+                    return reaped
+            timeout = -1.0
+            if until is not None or heap or self._polled:
+                now = time.monotonic()
+                limit = until if until is not None else float("inf")
+                if heap:
+                    limit = min(limit, heap[0][0])
+                if self._polled:
+                    limit = min(limit, now + self._backoff)
+                timeout = max(limit - now, 0.0)
+            events = ep.poll(timeout)
+            ended: list[Child] = []
+            for fd, _ in events:
+                child, kind = self._fds[fd]
+                if kind == _PIDFD:
+                    ended.append(child)
+                elif self._read(fd, child, kind) is _EOF and child.pidfd is None:
+                    # EOF on the status pipe: without a pidfd it is our best hint of an exit.
+                    self._backoff = _BACKOFF_MIN
+            for child in ended:
+                self._reap(child)
+                reaped.append(child)
+            if reaped:
+                return reaped
+            if until is not None and time.monotonic() >= until:
+                return reaped
+            if self._polled and not events:
+                self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+
+    def escalate(self, child: Child, grace: float) -> None:
+        """Move a child one step down SIGTERM -> (grace) -> SIGKILL, for it and its group."""
+        if child.report is not None:
+            return
+        if child.stage == 0:
+            if child.reason is None:
+                child.reason = "timed_out"
+            sig = signal.SIGTERM
+            child.stage = 1
+            self._schedule(child, time.monotonic() + grace)
+        else:
+            sig = signal.SIGKILL
+            child.stage = 2
+        _linux.signal_process(child.pid, child.pidfd, sig)
+        if child.new_group:
+            # The child's own children share its group: they get the same signal.
+            _linux.signal_group(child.pid, sig)
+
+    def _schedule(self, child: Child, when: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, child, child.stage))
+
+    def _poll_exited(self, reaped: list[Child]) -> None:
+        for child in list(self._polled):
+            try:
+                # WNOWAIT: look without reaping, so the group can be killed while the pid is
+                # still reserved by the zombie.
+                info = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                info = None
+                gone = True
+            else:
+                gone = info is not None and info.si_pid == child.pid
+            if gone:
+                self._polled.remove(child)
+                self._reap(child)
+                reaped.append(child)
+                self._backoff = _BACKOFF_MIN
+
+    def _read(self, fd: int, child: Child, kind: int) -> object:
+        """Read what is there: ``_DATA``, ``_AGAIN`` or ``_EOF`` (then ``fd`` is closed)."""
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return _AGAIN
+        if not data:
+            self._forget(fd, child, kind)
+            return _EOF
+        if kind == _STATUS:
+            buf = child.status_buf
+            if len(buf) < _STATUS_LIMIT:
+                buf += data
+        else:
+            buf = child.out_buf if kind == _OUT else child.err_buf
+            buf += data
+            if len(buf) > CAPTURE_LIMIT:
+                del buf[: len(buf) - CAPTURE_LIMIT]
+        return _DATA
+
+    def _forget(self, fd: int, child: Child, kind: int) -> None:
+        if self._ep is not None:
+            self._ep.unregister(fd)
+        del self._fds[fd]
+        os.close(fd)
+        if kind == _STATUS:
+            child.status_fd = -1
+        elif kind == _OUT:
+            child.out_fd = -1
+        elif kind == _ERR:
+            child.err_fd = -1
+        else:
+            child.pidfd = None
+
+    def _reap(self, child: Child) -> None:
+        """The child has ended (it is a zombie): kill its group, reap it, build its report."""
+        pid = child.pid
+        if child.new_group:
+            # Leftover grandchildren die with the child; the zombie still reserves the pid,
+            # so this group id cannot belong to anyone else yet.
+            _linux.signal_group(pid, signal.SIGKILL)
+        usage: resource.struct_rusage | None
+        try:
+            _, status, usage = os.wait4(pid, 0)
+        except ChildProcessError:
+            status, usage = -1, None
+        ended = time.monotonic()
+        # Whatever the child wrote before it ended is in the pipes now; a grandchild may
+        # still hold them open, so read without blocking.
+        for fd, kind in ((child.status_fd, _STATUS), (child.out_fd, _OUT), (child.err_fd, _ERR)):
+            if fd >= 0:
+                os.set_blocking(fd, False)
+                while (got := self._read(fd, child, kind)) is _DATA:
+                    pass
+                if got is _AGAIN:
+                    self._forget(fd, child, kind)
+        if child.pidfd is not None:
+            self._forget(child.pidfd, child, _PIDFD)
+        child.report = _report(child, status, usage, ended)
+        if self._private:
+            self.close()
+
+
+def _messages(buf: bytes | bytearray) -> dict[bytes, bytes]:
+    """The status-pipe records by kind (the last of each kind wins)."""
+    found: dict[bytes, bytes] = {}
+    pos, size = 0, len(buf)
+    while pos + _HEADER.size <= size:
+        kind, length = _HEADER.unpack_from(buf, pos)
+        pos += _HEADER.size
+        if pos + length > size:
+            found[b"!"] = b"truncated status record"
+            break
+        found[kind] = bytes(buf[pos : pos + length])
+        pos += length
+    return found
+
+
+def _report(child: Child, status: int, usage: resource.struct_rusage | None, ended: float) -> Report:
+    exit_code: int | None = None
+    sig: signal.Signals | None = None
+    core = False
+    error: str | None = None
+    outcome = Outcome.EXITED
+    if status == -1:
+        error = (
+            "the child was reaped by other code (a waitpid(-1) elsewhere, or SIGCHLD set to "
+            "SIG_IGN after the fork): its exit status is lost"
+        )
+    elif os.WIFSIGNALED(status):
+        sig = signal.Signals(os.WTERMSIG(status))
+        core = os.WCOREDUMP(status)
+        outcome = Outcome.SIGNALED
+    else:
+        exit_code = os.waitstatus_to_exitcode(status)
+    result: object = None
+    execed = False
+    if child.status_buf:
+        records = _messages(child.status_buf)
+        if b"V" in records:
+            result = json.loads(records[b"V"])
+        if b"F" in records:
+            outcome = Outcome.EXEC_FAILED
+            error = records[b"F"].decode("utf-8", "replace")
+        elif b"X" in records:
+            execed = True
+        elif b"R" in records and exit_code == RETURNED_EXIT_CODE:
+            outcome = Outcome.RETURNED
+            error = records[b"R"].decode("utf-8", "replace")
+        elif b"E" in records:
+            outcome = Outcome.RAISED
+            error = records[b"E"].decode("utf-8", "replace")
+    reason = child.reason
+    if reason == "timed_out":
+        outcome = Outcome.TIMED_OUT
+        limit = "" if child.deadline is None else f" of {child.deadline - child.started:g} s"
+        error = _ended_text(child, f"its deadline{limit} passed")
+    elif reason == "cancelled":
+        outcome = Outcome.CANCELLED
+        error = _ended_text(child, "its scope was left by an exception")
+    if usage is None:
+        user = system = 0.0
+        rss = 0
+    else:
+        user, system = usage.ru_utime, usage.ru_stime
+        rss = usage.ru_maxrss * 1024  # Linux counts KiB
+    return Report(
+        name=child.name,
+        pid=child.pid,
+        outcome=outcome,
+        exit_code=exit_code,
+        signal=sig,
+        core_dumped=core,
+        execed=execed,
+        duration=ended - child.started,
+        user_time=user,
+        system_time=system,
+        max_rss=rss,
+        error=error,
+        result=result,
+        stdout=bytes(child.out_buf),
+        stderr=bytes(child.err_buf),
+    )
+
+
+def _ended_text(child: Child, why: str) -> str:
+    if child.stage >= 2:
+        how = f"sent SIGTERM, then SIGKILL after {child.grace:g} s grace"
+    else:
+        how = "sent SIGTERM"
+    return f"{why}: {how} to pid {child.pid}" + (" and its process group" if child.new_group else "")
