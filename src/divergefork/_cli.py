@@ -22,7 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="fork every child the plugins contribute and report how each ended")
     sub.add_parser("list", help="list plugins and their children without forking")
     sub.add_parser("check", help="type-check plugin code with mypy and the divergefork plugin")
-    sub.add_parser("demo", help="demonstrations (demo race: the shared-counter race)")
+    demo = sub.add_parser("demo", help="demonstrations (demo race: the shared-counter race)")
+    try:
+        from . import _demo
+    except ImportError:  # until the demo lands
+        pass
+    else:
+        _demo.configure(demo)
     return parser
 
 
@@ -32,5 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if args.command == "demo" and hasattr(args, "demo_main"):
+        code: int = args.demo_main(args)
+        return code
     print(f"divergefork {args.command}: not implemented yet in this version", file=sys.stderr)
     return EXIT_USAGE

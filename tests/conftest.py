@@ -1,0 +1,71 @@
+"""Shared test fixtures. The autouse one fails any test that leaves a child process behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def child_pids(parent: int | None = None) -> set[int]:
+    """Pids of the live or zombie children of ``parent`` (default: this process), from /proc."""
+    parent = os.getpid() if parent is None else parent
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # Field 4 (ppid) follows the command name, which is in parentheses and may hold spaces.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == parent:
+            found.add(int(entry))
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate()`` until it is true or ``timeout`` passes; return its last value."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(interval)
+
+
+def python_command(code: str) -> list[str]:
+    """The one place tests build ``[sys.executable, "-c", code]``."""
+    return [sys.executable, "-c", code]
+
+
+@pytest.fixture(autouse=True)
+def no_child_left_behind() -> Iterator[None]:
+    before = child_pids()
+    yield
+    left = child_pids() - before
+    if left:
+        # Clean up so one leak does not fail every following test, then fail this one.
+        for pid in left:
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        pytest.fail(f"test left child processes behind: {sorted(left)}")
