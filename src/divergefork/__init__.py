@@ -12,6 +12,7 @@ from ._fork import Child, fork
 from ._hookspecs import ChildSpec, Config, hookimpl, hookspec
 from ._reap import CAPTURE_LIMIT
 from ._report import RETURNED_EXIT_CODE, Outcome, Report
+from ._shared import SharedCounter
 
 __all__ = [
     "CAPTURE_LIMIT",
@@ -25,6 +26,7 @@ __all__ = [
     "Outcome",
     "PluginError",
     "Report",
+    "SharedCounter",
     "exec_child",
     "exit_child",
     "fork",
