@@ -12,6 +12,7 @@ from ._fork import Child, fork
 from ._hookspecs import ChildSpec, Config, hookimpl, hookspec
 from ._reap import CAPTURE_LIMIT
 from ._report import RETURNED_EXIT_CODE, Outcome, Report
+from ._scope import Scope
 from ._shared import SharedCounter
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Outcome",
     "PluginError",
     "Report",
+    "Scope",
     "SharedCounter",
     "exec_child",
     "exit_child",

@@ -45,9 +45,19 @@ MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
 
 _HEADER: Final = struct.Struct("!cI")
 
-# Set in the child right after fork: (pid of this child, write end of its status pipe).
-# A process forked from the child with plain os.fork has another pid and is not "in" it.
-_status: tuple[int, int] | None = None
+# The write end of this process's status pipe, set in the child right after fork; -1 in any
+# other process. Every fork resets it (see the at-fork hook below), so a process forked from a
+# child with plain os.fork is not "in" a divergefork child and cannot write to the pipe.
+_status_fd = -1
+
+
+def _forget_status() -> None:
+    global _status_fd
+    _status_fd = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_status)
 
 
 def run(
@@ -62,11 +72,11 @@ def run(
     reset_sigterm: bool,
 ) -> NoReturn:
     """The child's whole life after ``fork``: set up, call the entry, end in ``os._exit``."""
-    global _status
+    global _status_fd
     code = 1
     try:
         try:
-            _status = (os.getpid(), status_fd)
+            _status_fd = status_fd
             if new_group:
                 # The parent calls setpgid too: whoever runs first wins the race with a
                 # deadline's killpg, and the loser's call is harmless.
@@ -80,14 +90,16 @@ def run(
                 # death signal will never come.
                 if os.getppid() != parent_pid:
                     code = 128 + signal.SIGKILL
-                    return _exit(code)
+                    _exit(code)
             if reset_sigterm:
                 # A Python SIGTERM handler inherited from the parent would turn a deadline
                 # into an exception in the entry; the kernel's default is what we promise.
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
             if capture is not None:
                 _redirect_output(capture)
-            returned = entry(value)  # type: ignore[func-returns-value]
+            # Typed as what it may do at run time, not what it promises: it may return.
+            call: Callable[[T], object] = entry
+            returned = call(value)
             code = RETURNED_EXIT_CODE
             _send(b"R", _returned_text(entry, returned).encode("utf-8", "replace"))
         except SystemExit as exc:
@@ -113,7 +125,9 @@ def exit_child(code: int = 0, *, result: object = None) -> NoReturn:
     JSON-serialisable raises ``TypeError``, and one larger than ``MAX_RESULT_BYTES`` raises
     ``ValueError``, here in the child (so the report says ``raised`` and why).
     """
-    if _status is None or _status[0] != os.getpid():
+    if result is None and _status_fd >= 0 and code.__class__ is int:
+        _exit(code)  # the fast path: nothing to send, the exit status says it all
+    if _status_fd < 0:
         raise DivergeforkError(
             "exit_child() was called outside a child started by divergefork.fork(); "
             "in an ordinary process use sys.exit()"
@@ -132,8 +146,6 @@ def exit_child(code: int = 0, *, result: object = None) -> NoReturn:
             )
         _flush()
         _send(b"V", payload)
-    else:
-        _flush()
     _exit(code)
 
 
@@ -151,7 +163,7 @@ def exec_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
             raise TypeError(f"exec_child(argv) items must be str, not {type(arg).__name__}: {arg!r}")
     environ = None if env is None else dict(env)
     _flush()
-    inside = _status is not None and _status[0] == os.getpid()
+    inside = _status_fd >= 0
     if inside:
         _send(b"X", json.dumps(args).encode())
     try:
@@ -191,10 +203,10 @@ def _flush() -> None:
 
 
 def _send(kind: bytes, payload: bytes) -> None:
-    if _status is None:
+    fd = _status_fd
+    if fd < 0:
         return
     data = memoryview(_HEADER.pack(kind, len(payload)) + payload)
-    fd = _status[1]
     try:
         # The parent reads while it waits, so a result larger than the pipe's buffer
         # blocks here only until the parent drains it.

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Final, Literal, NoReturn, TypeVar, final
 from . import _child, _linux
 from ._errors import DivergeforkError, ForkUnsafeError
 
+from ._reap import Waiter, wait_alone
+
 if TYPE_CHECKING:
-    from ._reap import Waiter
     from ._report import Report
 
 __all__ = ["Child", "Options", "fork", "start"]
@@ -137,7 +138,11 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
             capture = (out_r, out_w, err_r, err_w)
         reset_sigterm = callable(signal.getsignal(signal.SIGTERM))
         parent = os.getpid()
-        started = time.monotonic()
+        # Everything the parent needs is built before the fork: while the child lives, each
+        # page the parent writes is copied (a few microseconds a page), so the parent does
+        # as little as possible between fork and wait.
+        child = Child(name, options, status_r, capture)
+        child.started = time.monotonic()
         pid = os.fork()
     except BaseException:
         for fd in (status_r, status_w, *(capture or ())):
@@ -163,7 +168,12 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
             os.setpgid(pid, pid)
         except OSError:
             pass  # the child already did it, or already exec'd
-    return Child(pid, name, options, status_r, capture, started)
+    child.pid = pid
+    # Opened after fork: if the child is already a zombie the pidfd still refers to it.
+    child.pidfd = _linux.pidfd_open(pid)
+    if child.deadline is not None:
+        child.deadline += child.started
+    return child
 
 
 @final
@@ -196,30 +206,27 @@ class Child:
         "__weakref__",
     )
 
-    pid: Final[int]  # type: ignore[misc]
-    name: Final[str]  # type: ignore[misc]
-
     def __init__(
         self,
-        pid: int,
         name: str,
         options: Options,
         status_fd: int,
         capture: tuple[int, int, int, int] | None,
-        started: float,
     ) -> None:
-        self.pid = pid
+        #: The child's process id (read-only).
+        self.pid = 0
+        #: The child's name in reports (read-only).
         self.name = name
-        # Opened after fork: if the child is already a zombie the pidfd still refers to it.
-        self.pidfd = _linux.pidfd_open(pid)
+        self.pidfd: int | None = None
         self.status_fd = status_fd
         self.out_fd = -1 if capture is None else capture[0]
         self.err_fd = -1 if capture is None else capture[2]
         self.status_buf = bytearray()
         self.out_buf = bytearray()
         self.err_buf = bytearray()
-        self.started = started
-        self.deadline = None if options.timeout is None else started + options.timeout
+        self.started = 0.0
+        #: Relative to ``started`` until the fork, then absolute (monotonic clock).
+        self.deadline = options.timeout
         self.grace = options.grace
         self.new_group = options.new_group
         #: 0 running; 1 SIGTERM sent, SIGKILL due; 2 SIGKILL sent.
@@ -242,20 +249,30 @@ class Child:
         """
         if self.report is not None:
             return self.report
+        if timeout is None and self.waiter is None and self.deadline is None and self.out_fd < 0:
+            # The common case gets a loop without epoll: one poll() on the pidfd and the
+            # status pipe, then the reap.
+            self._check_owner()
+            return wait_alone(self)
         until = None
         if timeout is not None:
             _check_seconds("timeout", timeout)
             until = time.monotonic() + timeout
         waiter = self._waiter()
-        while self.report is None:
+        while True:
+            report = self.report
+            if report is not None:
+                return report
             if not waiter.step(until) and until is not None and time.monotonic() >= until:
                 raise TimeoutError(f"child {self.name!r} (pid {self.pid}) still running after {timeout} s")
-        return self.report
 
     def poll(self) -> Report | None:
         """The report if the child has ended (reaping it now), else ``None``. Never blocks."""
         if self.report is None:
             self._waiter().step(0.0)
+        return self._current_report()
+
+    def _current_report(self) -> Report | None:
         return self.report
 
     def send_signal(self, sig: int) -> None:
@@ -287,8 +304,6 @@ class Child:
     def _waiter(self) -> Waiter:
         self._check_owner()
         if self.waiter is None:
-            from ._reap import Waiter
-
             self.waiter = Waiter(private=True)
             self.waiter.add(self)
         return self.waiter

@@ -41,22 +41,27 @@ def _load_prctl() -> ctypes._NamedFuncPointer | None:
         prctl = libc.prctl
     except (OSError, AttributeError):
         return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
     return prctl
 
 
-# Bound once in the parent so the child, which pays a copy-on-write fault for every page it
-# touches, only makes the call.
+# Bound once in the parent, with the arguments already converted, so the child (which pays a
+# copy-on-write fault for every page it touches) only makes the call. prctl is variadic: each
+# argument is passed as the unsigned long the kernel reads.
 _prctl: Final = _load_prctl()
+_PDEATHSIG_ARGS: Final[dict[int, tuple[ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]]] = {
+    sig: (ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    for sig in (signal.SIGKILL, signal.SIGTERM)
+}
 HAVE_PDEATHSIG: Final = _prctl is not None
 
 
 def set_parent_death_signal(sig: int) -> bool:
-    """Ask the kernel to send ``sig`` to this process when its parent thread dies."""
+    """Ask the kernel to send ``sig`` (SIGKILL or SIGTERM) to this process when its parent dies."""
     if _prctl is None:
         return False
-    return _prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
+    result: int = _prctl(*_PDEATHSIG_ARGS[sig])
+    return result == 0
 
 
 def _probe_pidfd() -> bool:

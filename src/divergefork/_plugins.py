@@ -104,7 +104,10 @@ def _exception_text(exc: BaseException) -> str:
     """The last line of the traceback plus where it was raised: what a user reads first."""
     last = "".join(traceback.format_exception_only(exc)).strip().splitlines()
     text = last[-1] if last else type(exc).__name__
-    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        # The traceback of a SyntaxError ends in the import machinery, not at the bad line.
+        return f"{text} (at {exc.filename}:{exc.lineno})"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen ")]
     if frames:
         where = frames[-1]
         text += f" (at {where.filename}:{where.lineno}, in {where.name})"

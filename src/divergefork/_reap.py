@@ -24,7 +24,8 @@ import select
 import signal
 import struct
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from . import _linux
 from ._child import MAX_RESULT_BYTES
@@ -33,7 +34,10 @@ from ._report import RETURNED_EXIT_CODE, Outcome, Report
 if TYPE_CHECKING:
     from ._fork import Child
 
-__all__ = ["CAPTURE_LIMIT", "Waiter"]
+__all__ = ["CAPTURE_LIMIT", "OutputCallback", "Waiter", "wait_alone"]
+
+#: ``on_output(child_name, "stdout" | "stderr", chunk)``: captured output as it arrives.
+OutputCallback: TypeAlias = Callable[[str, str, bytes], None]
 
 #: Bytes of captured stdout and of stderr kept per child; past it the oldest bytes are dropped.
 CAPTURE_LIMIT: Final = 1024 * 1024
@@ -50,9 +54,10 @@ _BACKOFF_MAX: Final = 0.05
 class Waiter:
     """Reaps a set of children. Not thread-safe; one per ``Scope`` or per lone ``Child``."""
 
-    __slots__ = ("_ep", "_fds", "_heap", "_seq", "_polled", "_backoff", "_private")
+    __slots__ = ("_ep", "_fds", "_heap", "_seq", "_polled", "_backoff", "_private", "_on_output")
 
-    def __init__(self, *, private: bool = False) -> None:
+    def __init__(self, *, private: bool = False, on_output: OutputCallback | None = None) -> None:
+        self._on_output = on_output
         self._ep: select.epoll | None = select.epoll()
         self._fds: dict[int, tuple[Child, int]] = {}
         self._heap: list[tuple[float, int, Child, int]] = []
@@ -80,6 +85,10 @@ class Waiter:
             fds[child.err_fd] = (child, _ERR)
         if child.deadline is not None:
             self._schedule(child, child.deadline)
+
+    def silence(self) -> None:
+        """Stop calling ``on_output``; captured output is still kept in the reports."""
+        self._on_output = None
 
     def close(self) -> None:
         if self._ep is not None:
@@ -175,66 +184,124 @@ class Waiter:
                 self._backoff = _BACKOFF_MIN
 
     def _read(self, fd: int, child: Child, kind: int) -> object:
-        """Read what is there: ``_DATA``, ``_AGAIN`` or ``_EOF`` (then ``fd`` is closed)."""
-        try:
-            data = os.read(fd, _READ_SIZE)
-        except BlockingIOError:
-            return _AGAIN
-        if not data:
+        got = _read(fd, child, kind, self._on_output)
+        if got is _EOF:
             self._forget(fd, child, kind)
-            return _EOF
-        if kind == _STATUS:
-            buf = child.status_buf
-            if len(buf) < _STATUS_LIMIT:
-                buf += data
-        else:
-            buf = child.out_buf if kind == _OUT else child.err_buf
-            buf += data
-            if len(buf) > CAPTURE_LIMIT:
-                del buf[: len(buf) - CAPTURE_LIMIT]
-        return _DATA
+        return got
 
     def _forget(self, fd: int, child: Child, kind: int) -> None:
+        self._unwatch(fd)
+        _close(child, kind)
+
+    def _unwatch(self, fd: int) -> None:
+        # Explicitly: closing would not remove it from the epoll set while a forked child still
+        # holds a copy of the descriptor, and a later descriptor with the same number would
+        # then receive its events.
+        del self._fds[fd]
         if self._ep is not None:
             self._ep.unregister(fd)
-        del self._fds[fd]
-        os.close(fd)
-        if kind == _STATUS:
-            child.status_fd = -1
-        elif kind == _OUT:
-            child.out_fd = -1
-        elif kind == _ERR:
-            child.err_fd = -1
-        else:
-            child.pidfd = None
 
     def _reap(self, child: Child) -> None:
-        """The child has ended (it is a zombie): kill its group, reap it, build its report."""
-        pid = child.pid
-        if child.new_group:
-            # Leftover grandchildren die with the child; the zombie still reserves the pid,
-            # so this group id cannot belong to anyone else yet.
-            _linux.signal_group(pid, signal.SIGKILL)
-        usage: resource.struct_rusage | None
-        try:
-            _, status, usage = os.wait4(pid, 0)
-        except ChildProcessError:
-            status, usage = -1, None
-        ended = time.monotonic()
-        # Whatever the child wrote before it ended is in the pipes now; a grandchild may
-        # still hold them open, so read without blocking.
-        for fd, kind in ((child.status_fd, _STATUS), (child.out_fd, _OUT), (child.err_fd, _ERR)):
-            if fd >= 0:
-                os.set_blocking(fd, False)
-                while (got := self._read(fd, child, kind)) is _DATA:
-                    pass
-                if got is _AGAIN:
-                    self._forget(fd, child, kind)
-        if child.pidfd is not None:
-            self._forget(child.pidfd, child, _PIDFD)
-        child.report = _report(child, status, usage, ended)
+        for fd in (child.pidfd, child.status_fd, child.out_fd, child.err_fd):
+            if fd is not None and fd >= 0 and fd in self._fds:
+                self._unwatch(fd)
+        _finish(child, self._on_output)
         if self._private:
             self.close()
+
+
+def wait_alone(child: Child) -> Report:
+    """Wait for one child that has no deadline and no capture, without epoll.
+
+    The common ``fork(...).wait()``: a ``poll()`` on the pidfd and the status pipe (read as
+    it fills, so a large result cannot deadlock), then the reap.
+    """
+    pidfd = child.pidfd
+    if pidfd is None:
+        waiter = Waiter(private=True)
+        waiter.add(child)
+        while True:
+            waiter.step(None)
+            if child.report is not None:
+                return child.report
+    poller = select.poll()
+    # poll() reports in registration order: the status pipe's EOF first, so the reap below
+    # usually finds it closed already.
+    status = child.status_fd
+    if status >= 0:
+        poller.register(status, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == pidfd:
+                return _finish(child)
+            if _read(fd, child, _STATUS) is _EOF:
+                poller.unregister(fd)
+                _close(child, _STATUS)
+
+
+def _read(fd: int, child: Child, kind: int, on_output: OutputCallback | None = None) -> object:
+    """Read what is there into the child's buffer: ``_DATA``, ``_AGAIN`` or ``_EOF``."""
+    try:
+        data = os.read(fd, _READ_SIZE)
+    except BlockingIOError:
+        return _AGAIN
+    if not data:
+        return _EOF
+    if kind == _STATUS:
+        buf = child.status_buf
+        if len(buf) < _STATUS_LIMIT:
+            buf += data
+    else:
+        buf = child.out_buf if kind == _OUT else child.err_buf
+        buf += data
+        if len(buf) > CAPTURE_LIMIT:
+            del buf[: len(buf) - CAPTURE_LIMIT]
+        if on_output is not None:
+            on_output(child.name, "stdout" if kind == _OUT else "stderr", data)
+    return _DATA
+
+
+def _close(child: Child, kind: int) -> None:
+    if kind == _STATUS:
+        os.close(child.status_fd)
+        child.status_fd = -1
+    elif kind == _OUT:
+        os.close(child.out_fd)
+        child.out_fd = -1
+    elif kind == _ERR:
+        os.close(child.err_fd)
+        child.err_fd = -1
+    elif child.pidfd is not None:
+        os.close(child.pidfd)
+        child.pidfd = None
+
+
+def _finish(child: Child, on_output: OutputCallback | None = None) -> Report:
+    """The child has ended (it is a zombie): kill its group, reap it, build its report."""
+    pid = child.pid
+    if child.new_group:
+        # Leftover grandchildren die with the child; the zombie still reserves the pid,
+        # so this group id cannot belong to anyone else yet.
+        _linux.signal_group(pid, signal.SIGKILL)
+    usage: resource.struct_rusage | None
+    try:
+        _, status, usage = os.wait4(pid, 0)
+    except ChildProcessError:
+        status, usage = -1, None
+    ended = time.monotonic()
+    # Whatever the child wrote before it ended is in the pipes now; a grandchild may still
+    # hold them open, so read without blocking.
+    for kind in (_STATUS, _OUT, _ERR):
+        fd = child.status_fd if kind == _STATUS else child.out_fd if kind == _OUT else child.err_fd
+        if fd >= 0:
+            os.set_blocking(fd, False)
+            while _read(fd, child, kind, on_output) is _DATA:
+                pass
+            _close(child, kind)
+    _close(child, _PIDFD)
+    report = child.report = _report(child, status, usage, ended)
+    return report
 
 
 def _messages(buf: bytes | bytearray) -> dict[bytes, bytes]:

@@ -1,0 +1,238 @@
+"""``Scope``: structured forking. No child started inside the block outlives it."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Final, NoReturn, TypeVar, final
+
+from ._errors import DivergeforkError
+from ._fork import Child, OnParentExit, Options, Threads, check_entry, entry_name, start
+from ._reap import OutputCallback, Waiter
+from ._report import Outcome, Report
+
+__all__ = ["Scope"]
+
+T = TypeVar("T")
+
+# "Not given: take the scope's default". Typed Any so each option keeps its honest type.
+_DEFAULT: Final[Any] = object()
+
+
+@final
+class Scope:
+    """Fork children that all end (or are ended) before the ``with`` block is left.
+
+    ::
+
+        with df.Scope(timeout=30, max_parallel=8) as scope:
+            scope.fork(value, entry_a, name="a")
+            scope.fork(value, entry_b, name="b")
+            for report in scope.as_completed():
+                ...
+        # here no child of the scope (nor its process group) is alive or a zombie
+
+    The keyword options are defaults for every ``fork`` call. With ``max_parallel`` extra
+    children wait in a queue and start (getting their value then) as others end.
+    ``on_output(name, stream, chunk)`` receives captured output (``capture=True``) as it
+    arrives; ``stream`` is ``"stdout"`` or ``"stderr"``.
+
+    Leaving the block normally waits for every child, deadlines enforced. Leaving it by an
+    exception, ``KeyboardInterrupt`` included, sends SIGTERM to every child and its group,
+    SIGKILL after the grace period, reaps them all, reports them ``cancelled`` (children
+    still queued are reported ``cancelled`` with pid 0) and re-raises the exception unchanged.
+    """
+
+    __slots__ = ("_defaults", "_max_parallel", "_on_output", "_waiter", "_running", "_queue", "_unseen", "_owner", "_state", "reports")
+
+    def __init__(
+        self,
+        *,
+        timeout: float | None = None,
+        max_parallel: int | None = None,
+        grace: float = 2.0,
+        on_parent_exit: OnParentExit = "kill",
+        new_group: bool = True,
+        threads: Threads = "refuse",
+        capture: bool = False,
+        on_output: OutputCallback | None = None,
+    ) -> None:
+        self._defaults = Options(None, timeout, grace, on_parent_exit, new_group, threads, capture)
+        if max_parallel is not None and (
+            isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
+        ):
+            raise ValueError(f"Scope(max_parallel=...) must be a positive int or None, not {max_parallel!r}")
+        if on_output is not None and not callable(on_output):
+            raise TypeError(f"Scope(on_output=...) must be callable(name, stream, chunk) or None, not {on_output!r}")
+        self._max_parallel = max_parallel
+        self._on_output = on_output
+        self._waiter: Waiter | None = None
+        self._running: set[Child] = set()
+        self._queue: deque[tuple[Any, Callable[[Any], NoReturn], Options, str]] = deque()
+        #: Reports not yet yielded by as_completed().
+        self._unseen: deque[Report] = deque()
+        self._owner = os.getpid()
+        self._state = "new"
+        #: Every report so far, in the order the children ended.
+        self.reports: list[Report] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"<Scope {self._state} running={len(self._running)} queued={len(self._queue)} "
+            f"ended={len(self.reports)}>"
+        )
+
+    def __enter__(self) -> Scope:
+        if self._state != "new":
+            raise DivergeforkError("a Scope can be entered only once; make a new one")
+        self._waiter = Waiter(on_output=self._on_output)
+        self._state = "open"
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if os.getpid() != self._owner:
+            return  # a forked child that somehow unwinds here must not touch the parent's children
+        try:
+            if exc is None:
+                try:
+                    for _ in self.as_completed():
+                        pass
+                except BaseException:
+                    self._cancel()
+                    raise
+            else:
+                self._cancel()
+        finally:
+            self._state = "closed"
+            if self._waiter is not None:
+                self._waiter.close()
+        # Returning None re-raises the block's exception unchanged.
+
+    def fork(
+        self,
+        value: T,
+        entry: Callable[[T], NoReturn],
+        *,
+        name: str | None = None,
+        timeout: float | None = _DEFAULT,
+        grace: float = _DEFAULT,
+        on_parent_exit: OnParentExit = _DEFAULT,
+        new_group: bool = _DEFAULT,
+        threads: Threads = _DEFAULT,
+        capture: bool = _DEFAULT,
+    ) -> None:
+        """Fork ``entry(value)`` in this scope, now or, with ``max_parallel``, when a slot frees.
+
+        Takes the same arguments as ``divergefork.fork``; options not given are the scope's.
+        """
+        self._check_open("fork")
+        check_entry(entry)
+        d = self._defaults
+        options = Options(
+            name,
+            d.timeout if timeout is _DEFAULT else timeout,
+            d.grace if grace is _DEFAULT else grace,
+            d.on_parent_exit if on_parent_exit is _DEFAULT else on_parent_exit,
+            d.new_group if new_group is _DEFAULT else new_group,
+            d.threads if threads is _DEFAULT else threads,
+            d.capture if capture is _DEFAULT else capture,
+        )
+        if self._max_parallel is not None and len(self._running) >= self._max_parallel:
+            self._queue.append((value, entry, options, name or entry_name(entry)))
+        else:
+            self._start(value, entry, options)
+
+    def as_completed(self) -> Iterator[Report]:
+        """Yield each child's report as it ends, until no child is running or queued."""
+        self._check_open("as_completed")
+        waiter = self._waiter
+        assert waiter is not None
+        unseen = self._unseen
+        while True:
+            while unseen:
+                yield unseen.popleft()
+            if not self._running:
+                if not self._queue:
+                    return
+                self._fill()
+                continue
+            for child in waiter.step(None):
+                self._ended(child)
+            self._fill()
+
+    def wait(self) -> list[Report]:
+        """Wait for every child (queued ones included) and return all reports so far."""
+        for _ in self.as_completed():
+            pass
+        return list(self.reports)
+
+    def _start(self, value: T, entry: Callable[[T], NoReturn], options: Options) -> None:
+        waiter = self._waiter
+        assert waiter is not None
+        child = start(value, entry, options)
+        self._running.add(child)
+        child.waiter = waiter
+        waiter.add(child)
+
+    def _fill(self) -> None:
+        limit = self._max_parallel
+        while self._queue and (limit is None or len(self._running) < limit):
+            value, entry, options, _ = self._queue.popleft()
+            self._start(value, entry, options)
+
+    def _ended(self, child: Child) -> None:
+        self._running.discard(child)
+        report = child.report
+        assert report is not None
+        self.reports.append(report)
+        self._unseen.append(report)
+
+    def _cancel(self) -> None:
+        waiter = self._waiter
+        assert waiter is not None
+        # A failing on_output callback may be why we are here; it must not stop the reaping.
+        waiter.silence()
+        while self._queue:
+            _, _, options, name = self._queue.popleft()
+            report = Report(
+                name=name,
+                pid=0,
+                outcome=Outcome.CANCELLED,
+                error="cancelled before it was started: its scope was left by an exception",
+            )
+            self.reports.append(report)
+        for child in list(self._running):
+            child.reason = "cancelled"
+            waiter.escalate(child, child.grace)
+        try:
+            while self._running:
+                for child in waiter.step(None):
+                    self._ended(child)
+        except BaseException:
+            # Interrupted again while waiting out the grace period: no more grace.
+            for child in list(self._running):
+                child.stage = max(child.stage, 1)
+                waiter.escalate(child, 0.0)
+            while self._running:
+                for child in waiter.step(None):
+                    self._ended(child)
+            raise
+
+    def _check_open(self, what: str) -> None:
+        if os.getpid() != self._owner:
+            raise DivergeforkError(
+                f"Scope.{what}() called in process {os.getpid()}, but the scope belongs to "
+                f"process {self._owner}; a child must open a Scope of its own"
+            )
+        if self._state != "open":
+            raise DivergeforkError(
+                f"Scope.{what}() needs an open scope: use it inside `with df.Scope() as scope:`"
+                + (" (this one is already closed)" if self._state == "closed" else "")
+            )
