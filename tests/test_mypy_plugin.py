@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mypy import api as mypy_api
 
 from divergefork import mypy as plugin_module
-
-pytest.importorskip("mypy.api")
-from mypy import api as mypy_api  # noqa: E402  (after the skip, so a missing mypy skips)
 
 HAVE_SCOPE = importlib.util.find_spec("divergefork._scope") is not None
 

@@ -58,8 +58,9 @@ def main(args: argparse.Namespace) -> int:
         print("divergefork check: mypy is not installed here; `pip install mypy`", file=sys.stderr)
         return EXIT_USAGE
     cwd = Path.cwd()
+    config: Path | None
     if args.config_file is not None:
-        config: Path | None = Path(args.config_file)
+        config = Path(args.config_file)
         if not config.is_file():
             print(f"divergefork check: no such mypy config: {args.config_file}", file=sys.stderr)
             return EXIT_USAGE
@@ -149,7 +150,7 @@ def _merge_ini(config: Path, directory: Path) -> tuple[Path, bool]:
         if section == "mypy" or section.startswith("mypy-"):
             merged.add_section(section)
             for key, value in source.items(section):
-                merged.set(section, key, _expand_config_dir(value, config))
+                merged.set(section, key, _expand_config_dir_str(value, config))
     if not merged.has_section("mypy"):
         merged.add_section("mypy")
     plugins = _split_plugins(merged.get("mypy", "plugins", fallback=""))
@@ -168,12 +169,15 @@ def _ini_parser() -> configparser.RawConfigParser:
 
 def _merge_toml(config: Path, directory: Path) -> tuple[Path, bool]:
     data = tomllib.loads(config.read_text())
-    settings = data.get("tool", {}).get("mypy")
+    settings = _expand_config_dir(data.get("tool", {}).get("mypy"), config)
     if not isinstance(settings, dict):
         raise ValueError("[tool.mypy] is not a table")
-    settings = _expand_config_dir(settings, config)
     plugins = settings.get("plugins", [])
-    settings["plugins"] = _with_plugin(_split_plugins(plugins) if isinstance(plugins, str) else plugins, config)
+    if isinstance(plugins, str):
+        plugins = _split_plugins(plugins)
+    if not isinstance(plugins, list) or not all(isinstance(item, str) for item in plugins):
+        raise ValueError("tool.mypy.plugins must be a string or a list of strings")
+    settings["plugins"] = _with_plugin(plugins, config)
     target = directory / "pyproject.toml"
     target.write_text(_toml_tool_mypy(settings))
     return target, bool(settings.get("files"))
@@ -183,7 +187,7 @@ def _split_plugins(value: str) -> list[str]:
     return [item.strip() for item in re.split(r"[,\n]", value) if item.strip()]
 
 
-def _with_plugin(plugins: list[str], config: Path) -> list[str]:
+def _with_plugin(plugins: Sequence[str], config: Path) -> list[str]:
     """The user's plugins, still loadable from the temporary config, plus ours."""
     result = []
     for plugin in plugins:
@@ -195,11 +199,15 @@ def _with_plugin(plugins: list[str], config: Path) -> list[str]:
     return result if PLUGIN in result else [*result, PLUGIN]
 
 
-def _expand_config_dir(value: object, config: Path) -> object:
+def _expand_config_dir_str(value: str, config: Path) -> str:
     # mypy sets $MYPY_CONFIG_FILE_DIR to the directory of the config it reads, which would be
     # the temporary directory now: put the user's directory in its place.
+    return CONFIG_DIR_VARIABLE.sub(lambda _: str(config.parent.resolve()), value)
+
+
+def _expand_config_dir(value: object, config: Path) -> object:
     if isinstance(value, str):
-        return CONFIG_DIR_VARIABLE.sub(lambda _: str(config.parent.resolve()), value)
+        return _expand_config_dir_str(value, config)
     if isinstance(value, list):
         return [_expand_config_dir(item, config) for item in value]
     if isinstance(value, dict):
@@ -207,15 +215,17 @@ def _expand_config_dir(value: object, config: Path) -> object:
     return value
 
 
-def _toml_tool_mypy(settings: dict[str, object]) -> str:
+def _toml_tool_mypy(settings: dict[object, object]) -> str:
     lines = ["[tool.mypy]"]
     overrides = settings.get("overrides", [])
     for key, value in settings.items():
         if key != "overrides":
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+            lines.append(f"{_toml_key(str(key))} = {_toml_value(value)}")
     for override in overrides if isinstance(overrides, list) else []:
+        if not isinstance(override, dict):
+            raise ValueError("each [[tool.mypy.overrides]] must be a table")
         lines += ["", "[[tool.mypy.overrides]]"]
-        lines += [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in dict(override).items()]
+        lines += [f"{_toml_key(str(key))} = {_toml_value(value)}" for key, value in override.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -232,7 +242,7 @@ def _toml_value(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise ValueError(f"cannot carry the TOML value {value!r} over")
 
 
