@@ -27,12 +27,13 @@ import traceback
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from typing import Any, Final, TextIO, final
+from typing import Final, TextIO, final
 
 from ._errors import DivergeforkError, PluginError
 from ._hookspecs import Config
 from ._plugins import Collected, Plugins, describe_entry, load_plugins
 from ._report import Report
+from ._scope import Scope
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -365,27 +366,18 @@ class _Run:
         self.out: TextIO = sys.stderr if json_to_stdout else sys.stdout
         # Children inherit our stdout: with `--json -` their output must be captured too.
         self.capture_all = bool(args.capture) or json_to_stdout
-        self.lines = _LinePrinter(
-            self.out, sys.stderr, width=max(len(item.spec.name) for item in selected)
-        ) if args.capture else None
-        self.progress = _Progress(sys.stderr, len(selected))
+        self.progress = _Progress(sys.stderr, len(selected), in_place=self.capture_all)
+        width = max(len(item.spec.name) for item in selected)
+        self.lines = _LinePrinter(self.out, sys.stderr, width, self.progress) if args.capture else None
         self.reports: list[Report] = []
         self.hook_error: PluginError | None = None
 
     def execute(self) -> int:
-        try:
-            from ._scope import Scope  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            Scope = _StandInScope  # noqa: N806 - TEMPORARY until df.Scope lands
-
-        options: dict[str, Any] = {"max_parallel": self.args.jobs}
-        streaming = self.lines is not None and _accepts(Scope, "on_output")
-        if streaming:
-            assert self.lines is not None
-            options["on_output"] = self.lines.feed
+        # Captured output is printed line by line as the scope's loop reads it.
+        on_output = None if self.lines is None else self.lines.feed
         started = time.monotonic()
         interrupted = False
-        scope = Scope(**options)
+        scope = Scope(max_parallel=self.args.jobs, on_output=on_output)
         try:
             with scope:
                 for item in self.selected:
@@ -399,11 +391,11 @@ class _Run:
                     )
                 self.progress.show(self.reports)
                 for report in scope.as_completed():
-                    self._reaped(report, streaming)
+                    self._reaped(report)
         except KeyboardInterrupt:
             interrupted = True
             # The scope terminated and reaped every child before re-raising; its reports say so.
-            self.reports = list(getattr(scope, "reports", self.reports))
+            self.reports = list(scope.reports)
         except DivergeforkError as exc:  # ForkUnsafeError: a plugin started a thread, say
             self.progress.clear()
             return _usage_error("run", f"cannot fork: {exc}")
@@ -430,13 +422,10 @@ class _Run:
             return EXIT_USAGE
         return EXIT_OK if all(report.ok for report in ordered) else EXIT_FAILED
 
-    def _reaped(self, report: Report, streaming: bool) -> None:
+    def _reaped(self, report: Report) -> None:
         self.reports.append(report)
         if self.lines is not None:
             self.progress.clear()
-            if not streaming:  # no live stream from the scope: print what the report holds
-                self.lines.feed(report.name, "stdout", report.stdout)
-                self.lines.feed(report.name, "stderr", report.stderr)
             self.lines.flush(report.name)
         if self.hook_error is None:
             # A broken observer must not cancel children that are running fine: remember the
@@ -492,15 +481,6 @@ class _Run:
         return ok
 
 
-def _accepts(func: Callable[..., object], keyword: str) -> bool:
-    import inspect
-
-    try:
-        return keyword in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _exit_text(report: Report) -> str:
     if report.signal is not None:
         return report.signal.name + (" (core)" if report.core_dumped else "")
@@ -521,12 +501,19 @@ def _size(count: int) -> str:
 
 @final
 class _Progress:
-    """A one-line live status on stderr, only when stderr is a terminal."""
+    """Live progress on stderr, only when stderr is a terminal.
 
-    def __init__(self, stream: TextIO, total: int) -> None:
+    When the children's output is captured, nothing else writes to the terminal behind our
+    back, so one status line is redrawn in place. Otherwise children write to the terminal
+    whenever they like and a half-drawn status line would be torn; then each reap gets a
+    line of its own instead.
+    """
+
+    def __init__(self, stream: TextIO, total: int, *, in_place: bool) -> None:
         self.stream = stream
         self.total = total
         self.enabled = _isatty(stream)
+        self.in_place = in_place
         self.shown = False
 
     def show(self, reports: Sequence[Report]) -> None:
@@ -538,10 +525,13 @@ class _Progress:
             text += f", {bad} not ok"
         if reports:
             last = reports[-1]
-            text += f" (last: {last.name} {last.describe()})"
-        self.stream.write("\r\x1b[K" + text)
+            text += f" (last: {last.name} {last.describe()} in {last.duration:.2f}s)"
+        if self.in_place:
+            self.stream.write("\r\x1b[K" + text)
+            self.shown = True
+        elif reports:
+            self.stream.write(text + "\n")
         self.stream.flush()
-        self.shown = True
 
     def clear(self) -> None:
         if self.shown:
@@ -561,10 +551,11 @@ def _isatty(stream: TextIO) -> bool:
 class _LinePrinter:
     """Prints children's output line by line, each line prefixed with the child's name."""
 
-    def __init__(self, out: TextIO, err: TextIO, width: int) -> None:
+    def __init__(self, out: TextIO, err: TextIO, width: int, progress: _Progress) -> None:
         self.out = out
         self.err = err
         self.width = width
+        self.progress = progress
         self.pending: dict[tuple[str, str], bytes] = {}
 
     def feed(self, name: str, stream: str, chunk: bytes) -> None:
@@ -586,6 +577,7 @@ class _LinePrinter:
     def _emit(self, name: str, stream: str, line: bytes) -> None:
         target = self.err if stream == "stderr" else self.out
         text = line.rstrip(b"\r").decode("utf-8", "replace")
+        self.progress.clear()  # redrawn at the next reap
         target.write(f"{name.ljust(self.width)} | {text}\n")
         target.flush()
 
@@ -670,37 +662,3 @@ def write_atomic(path: str, text: str) -> None:
         with suppress(OSError):
             os.unlink(temp)
         raise
-
-
-# -- TEMPORARY: a stand-in for df.Scope until _scope.py lands; delete it then. ---------------
-
-
-class _StandInScope:
-    def __init__(self, *, max_parallel: int | None = None) -> None:
-        self.max_parallel = max_parallel
-        self.queue: list[tuple[Any, Any, dict[str, Any]]] = []
-        self.running: list[Any] = []
-        self.reports: list[Report] = []
-
-    def __enter__(self) -> _StandInScope:
-        return self
-
-    def fork(self, value: Any, entry: Any, **options: Any) -> None:
-        self.queue.append((value, entry, options))
-
-    def as_completed(self) -> Any:
-        from ._fork import fork
-
-        while self.queue or self.running:
-            while self.queue and (self.max_parallel is None or len(self.running) < self.max_parallel):
-                value, entry, options = self.queue.pop(0)
-                self.running.append(fork(value, entry, **options))
-            child = self.running.pop(0)
-            report = child.wait()
-            self.reports.append(report)
-            yield report
-
-    def __exit__(self, *exc: object) -> None:
-        for child in self.running:
-            self.reports.append(child.terminate(grace=2.0))
-        self.running.clear()

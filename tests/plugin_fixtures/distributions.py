@@ -59,4 +59,5 @@ MARKER_PLUGIN = """
 
 
 def marker_plugin(name: str, marker: Path) -> str:
-    return MARKER_PLUGIN.replace("{name!r}", repr(name)).replace("{marker!r}", repr(str(marker)))
+    source = MARKER_PLUGIN.replace("{name!r}", repr(name)).replace("{marker!r}", repr(str(marker)))
+    return textwrap.dedent(source)
