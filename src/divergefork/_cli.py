@@ -32,7 +32,7 @@ from typing import Final, TextIO, final
 from ._errors import DivergeforkError, PluginError
 from ._hookspecs import Config
 from ._plugins import Collected, Plugins, describe_entry, load_plugins
-from ._report import Report
+from ._report import Outcome, Report
 from ._scope import Scope
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
@@ -410,8 +410,10 @@ class _Run:
         self._print_table(ordered, elapsed, interrupted)
         written = self._write_files(ordered)
         if interrupted:
+            cancelled = sum(report.outcome is Outcome.CANCELLED for report in ordered)
             print(
-                f"divergefork run: interrupted; {len(ordered)} children terminated and reaped",
+                f"divergefork run: interrupted; {cancelled} children were cancelled "
+                "(terminated and reaped, or never started)",
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
@@ -424,8 +426,9 @@ class _Run:
 
     def _reaped(self, report: Report) -> None:
         self.reports.append(report)
+        # Plugins' report hooks may print too: no status line may be half-drawn under them.
+        self.progress.clear()
         if self.lines is not None:
-            self.progress.clear()
             self.lines.flush(report.name)
         if self.hook_error is None:
             # A broken observer must not cancel children that are running fine: remember the
