@@ -127,7 +127,8 @@ def divergefork_finished(reports: Sequence[df.Report]) -> None:
 def _summary(run: _Run, children: int) -> str:
     value, expected = run.counter.value, children * run.increments
     sync = run.counter.sync
-    head = f"race: shared counter = {value:,} (expected {expected:,}, {children} children, --race-sync {sync})"
+    who = "1 child" if children == 1 else f"{children} children"
+    head = f"race: shared counter = {value:,} (expected {expected:,}, {who}, --race-sync {sync})"
     if value == expected:
         return f"{head}: exact"
     lost = expected - value
