@@ -119,7 +119,16 @@ def _hook_signature(pm: pluggy.PluginManager, hookname: str) -> str:
     spec = None if caller is None else caller.spec
     if spec is None:
         return hookname + "(...)"
-    return hookname + str(inspect.signature(spec.function))
+    try:
+        # The hookspecs module uses postponed annotations; show Config, not 'Config'.
+        signature = inspect.signature(spec.function, eval_str=True)
+    except (NameError, TypeError, ValueError):
+        signature = inspect.signature(spec.function)
+    text = str(signature)
+    for module, short in (("divergefork._hookspecs.", "df."), ("divergefork._report.", "df."),
+                          ("collections.abc.", ""), ("typing.", "")):
+        text = text.replace(module, short)
+    return hookname + text
 
 
 @final
@@ -331,7 +340,7 @@ class Plugins:
 def _hook_failure(plugin: Plugin, hookname: str, exc: BaseException) -> str:
     return (
         f"{hookname} raised {_exception_text(exc)}; fix the plugin or skip it with "
-        f"-p no:{plugin.name} (run with --traceback for the full traceback)"
+        f"-p no:{plugin.name}"
     )
 
 
