@@ -461,7 +461,7 @@ class _Run:
         for line in _columns(rows):
             print(line, file=out)
         bad = [report for report in reports if not report.ok]
-        summary = f"{len(reports)} children: {len(reports) - len(bad)} ok"
+        summary = f"{len(reports)} {'child' if len(reports) == 1 else 'children'}: {len(reports) - len(bad)} ok"
         if bad:
             summary += f", {len(bad)} not ok ({', '.join(f'{r.name} {r.describe()}' for r in bad)})"
         if interrupted:
