@@ -72,7 +72,7 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
     start = next(i for i, line in enumerate(lines) if line.startswith("NAME "))
     rows: dict[str, list[str]] = {}
     for line in lines[start + 1 :]:
-        if not line or " children: " in line:
+        if not line or re.match(r"\d+ child(ren)?: ", line):
             break
         cells = line.split()
         rows[cells[0]] = cells
