@@ -50,7 +50,7 @@ def raise_value_error(_: object) -> NoReturn:
 
 
 def returns(_: object) -> NoReturn:
-    return None  # type: ignore[return-value]  # the contract violation under test
+    return None  # type: ignore[misc]  # the contract violation under test
 
 
 def sys_exit(code: object) -> NoReturn:
@@ -231,7 +231,7 @@ def test_exit_child_outside_a_child_is_an_error() -> None:
 
 
 def test_exit_child_in_a_raw_grandchild_is_an_error() -> None:
-    def entry(_: None) -> NoReturn:
+    def entry(arg: None) -> NoReturn:
         pid = os.fork()
         if pid == 0:
             try:
@@ -312,7 +312,7 @@ def test_parent_atexit_and_finally_run_once_whatever_the_child_does() -> None:
 def test_child_does_not_run_pytest() -> None:
     # If the child unwound, it would continue this test and the rest of the session: the
     # parent would then see a second pytest summary on the terminal and the child exit non-zero.
-    marker = []
+    marker: list[object] = []
     report = df.fork(marker, raise_value_error).wait()
     marker.append(report)
     assert report.exit_code == 1
@@ -481,7 +481,7 @@ def test_capture_even_when_parent_replaced_sys_stdout(capsys: pytest.CaptureFixt
 
 
 def test_capture_is_bounded_keeping_newest() -> None:
-    def flood(_: None) -> NoReturn:
+    def flood(arg: None) -> NoReturn:
         chunk = b"a" * 65536
         for _ in range(40):
             os.write(1, chunk)
@@ -571,7 +571,7 @@ def open_fds() -> set[str]:
 
 def test_no_descriptor_leak_over_hundreds_of_forks() -> None:
     for entry, kwargs in ((exit_42, {}), (exit_42, {"capture": True}), (raise_value_error, {"timeout": 5.0})):
-        df.fork(None, entry, **kwargs).wait()  # type: ignore[arg-type]
+        df.fork(None, entry, **kwargs).wait()
     before = open_fds()
     for i in range(100):
         df.fork(None, exit_42).wait()

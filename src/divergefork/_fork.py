@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import signal
@@ -29,6 +30,41 @@ OnParentExit = Literal["kill", "keep"]
 Threads = Literal["refuse", "warn", "allow"]
 
 _PIPE_FLAGS: Final = os.O_CLOEXEC
+
+# The C-level getsignal: signal.getsignal wraps its answer in an enum member, and in a parent
+# that forks hundreds of children every object touched per fork is a page copied per fork.
+_getsignal: Final[Callable[[int], object]] = importlib.import_module("_signal").getsignal
+_SIGCHLD: Final = int(signal.SIGCHLD)
+_SIGTERM: Final = int(signal.SIGTERM)
+_SIG_IGN: Final = int(signal.SIG_IGN)
+
+# threading.active_count() takes a lock and touches a dozen pages; the two registries it
+# counts are what we need (Python threads, running or starting).
+_active: Final[dict[int, threading.Thread]] = getattr(threading, "_active", {})
+_limbo: Final[dict[object, threading.Thread]] = getattr(threading, "_limbo", {})
+
+
+def _other_threads() -> bool:
+    if _active or _limbo:
+        return len(_active) + len(_limbo) != 1
+    return threading.active_count() != 1
+
+
+# This process's pid, kept current by an at-fork hook instead of a getpid() per fork.
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def current_pid() -> int:
+    """This process's pid (cheap)."""
+    return _pid
 
 
 @final
@@ -102,7 +138,11 @@ def check_entry(entry: object) -> None:
 
 
 def entry_name(entry: Callable[..., object]) -> str:
-    func = getattr(entry, "func", entry)  # functools.partial
+    """The default child name: the entry's qualified name (of the function for a partial)."""
+    name = getattr(entry, "__qualname__", None)
+    if isinstance(name, str):
+        return name
+    func = getattr(entry, "func", None)  # functools.partial
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
     return name if isinstance(name, str) else type(entry).__name__
 
@@ -114,12 +154,12 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
             f"this platform ({sys.platform}) has no fork(); divergefork needs a POSIX system "
             "(use subprocess or multiprocessing's 'spawn' context instead)"
         )
-    if signal.getsignal(signal.SIGCHLD) is signal.SIG_IGN:
+    if _getsignal(_SIGCHLD) == _SIG_IGN:
         raise ForkUnsafeError(
             "SIGCHLD is set to SIG_IGN, so the kernel would discard every child's exit status; "
             "restore it with signal.signal(signal.SIGCHLD, signal.SIG_DFL) before forking"
         )
-    if options.threads != "allow" and threading.active_count() > 1:
+    if options.threads != "allow" and _other_threads():
         _threads_at_fork(options.threads)
     name = options.name or entry_name(entry)
     _reap_orphans()
@@ -136,8 +176,8 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
             out_r, out_w = os.pipe2(_PIPE_FLAGS)
             err_r, err_w = os.pipe2(_PIPE_FLAGS)
             capture = (out_r, out_w, err_r, err_w)
-        reset_sigterm = callable(signal.getsignal(signal.SIGTERM))
-        parent = os.getpid()
+        reset_sigterm = callable(_getsignal(_SIGTERM))
+        parent = _pid
         # Everything the parent needs is built before the fork: while the child lives, each
         # page the parent writes is copied (a few microseconds a page), so the parent does
         # as little as possible between fork and wait.
@@ -221,9 +261,10 @@ class Child:
         self.status_fd = status_fd
         self.out_fd = -1 if capture is None else capture[0]
         self.err_fd = -1 if capture is None else capture[2]
-        self.status_buf = bytearray()
-        self.out_buf = bytearray()
-        self.err_buf = bytearray()
+        # Filled by the waiting loop; most children never write to the status pipe.
+        self.status_buf: bytes | bytearray = b""
+        self.out_buf: bytes | bytearray = b""
+        self.err_buf: bytes | bytearray = b""
         self.started = 0.0
         #: Relative to ``started`` until the fork, then absolute (monotonic clock).
         self.deadline = options.timeout
@@ -235,7 +276,7 @@ class Child:
         self.reason: str | None = None
         self.report: Report | None = None
         self.waiter: Waiter | None = None
-        self.owner = os.getpid()
+        self.owner = _pid
 
     def __repr__(self) -> str:
         state = "running" if self.report is None else self.report.describe()
@@ -260,7 +301,7 @@ class Child:
             until = time.monotonic() + timeout
         waiter = self._waiter()
         while True:
-            report = self.report
+            report = self._current_report()
             if report is not None:
                 return report
             if not waiter.step(until) and until is not None and time.monotonic() >= until:
@@ -309,14 +350,14 @@ class Child:
         return self.waiter
 
     def _check_owner(self) -> None:
-        if self.owner != os.getpid():
+        if self.owner != _pid:
             raise DivergeforkError(
                 f"child {self.name!r} (pid {self.pid}) belongs to process {self.owner}; "
                 f"process {os.getpid()} cannot wait for or signal it"
             )
 
     def __del__(self) -> None:
-        if self.report is None and self.owner == os.getpid():
+        if self.report is None and self.owner == _pid:
             _orphans.append((self.pid, self.pidfd, self.name))
             for fd in (self.status_fd, self.out_fd, self.err_fd):
                 if fd >= 0:

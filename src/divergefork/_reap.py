@@ -54,12 +54,15 @@ _BACKOFF_MAX: Final = 0.05
 class Waiter:
     """Reaps a set of children. Not thread-safe; one per ``Scope`` or per lone ``Child``."""
 
-    __slots__ = ("_ep", "_fds", "_heap", "_seq", "_polled", "_backoff", "_private", "_on_output")
+    __slots__ = ("_ep", "_child_of", "_kind_of", "_heap", "_seq", "_polled", "_backoff", "_private", "_on_output")
 
     def __init__(self, *, private: bool = False, on_output: OutputCallback | None = None) -> None:
         self._on_output = on_output
         self._ep: select.epoll | None = select.epoll()
-        self._fds: dict[int, tuple[Child, int]] = {}
+        # Indexed by descriptor number (descriptors are small and dense): no dict, no tuple per
+        # child, so a parent forking hundreds of children touches few pages per fork.
+        self._child_of: list[Child | None] = []
+        self._kind_of: list[int] = []
         self._heap: list[tuple[float, int, Child, int]] = []
         self._seq = 0
         self._polled: list[Child] = []
@@ -68,23 +71,28 @@ class Waiter:
         self._private = private
 
     def add(self, child: Child) -> None:
-        ep = self._ep
-        assert ep is not None, "waiter closed"
-        fds = self._fds
+        assert self._ep is not None, "waiter closed"
         if child.pidfd is not None:
-            ep.register(child.pidfd, select.EPOLLIN)
-            fds[child.pidfd] = (child, _PIDFD)
+            self._watch(child.pidfd, child, _PIDFD)
         else:
             self._polled.append(child)
-        ep.register(child.status_fd, select.EPOLLIN)
-        fds[child.status_fd] = (child, _STATUS)
+        self._watch(child.status_fd, child, _STATUS)
         if child.out_fd >= 0:
-            ep.register(child.out_fd, select.EPOLLIN)
-            fds[child.out_fd] = (child, _OUT)
-            ep.register(child.err_fd, select.EPOLLIN)
-            fds[child.err_fd] = (child, _ERR)
+            self._watch(child.out_fd, child, _OUT)
+            self._watch(child.err_fd, child, _ERR)
         if child.deadline is not None:
             self._schedule(child, child.deadline)
+
+    def _watch(self, fd: int, child: Child, kind: int) -> None:
+        assert self._ep is not None
+        children = self._child_of
+        if fd >= len(children):
+            grow = fd + 64 - len(children)
+            children.extend([None] * grow)
+            self._kind_of.extend([0] * grow)
+        children[fd] = child
+        self._kind_of[fd] = kind
+        self._ep.register(fd, select.EPOLLIN)
 
     def silence(self) -> None:
         """Stop calling ``on_output``; captured output is still kept in the reports."""
@@ -128,10 +136,12 @@ class Waiter:
             events = ep.poll(timeout)
             ended: list[Child] = []
             for fd, _ in events:
-                child, kind = self._fds[fd]
+                owner = self._child_of[fd]
+                assert owner is not None
+                kind = self._kind_of[fd]
                 if kind == _PIDFD:
-                    ended.append(child)
-                elif self._read(fd, child, kind) is _EOF and child.pidfd is None:
+                    ended.append(owner)
+                elif self._read(fd, owner, kind) is _EOF and owner.pidfd is None:
                     # EOF on the status pipe: without a pidfd it is our best hint of an exit.
                     self._backoff = _BACKOFF_MIN
             for child in ended:
@@ -197,13 +207,13 @@ class Waiter:
         # Explicitly: closing would not remove it from the epoll set while a forked child still
         # holds a copy of the descriptor, and a later descriptor with the same number would
         # then receive its events.
-        del self._fds[fd]
+        self._child_of[fd] = None
         if self._ep is not None:
             self._ep.unregister(fd)
 
     def _reap(self, child: Child) -> None:
         for fd in (child.pidfd, child.status_fd, child.out_fd, child.err_fd):
-            if fd is not None and fd >= 0 and fd in self._fds:
+            if fd is not None and fd >= 0 and self._child_of[fd] is child:
                 self._unwatch(fd)
         _finish(child, self._on_output)
         if self._private:
@@ -249,17 +259,26 @@ def _read(fd: int, child: Child, kind: int, on_output: OutputCallback | None = N
     if not data:
         return _EOF
     if kind == _STATUS:
-        buf = child.status_buf
-        if len(buf) < _STATUS_LIMIT:
-            buf += data
+        if len(child.status_buf) < _STATUS_LIMIT:
+            child.status_buf = _append(child.status_buf, data)
     else:
-        buf = child.out_buf if kind == _OUT else child.err_buf
-        buf += data
+        buf = _append(child.out_buf if kind == _OUT else child.err_buf, data)
         if len(buf) > CAPTURE_LIMIT:
             del buf[: len(buf) - CAPTURE_LIMIT]
+        if kind == _OUT:
+            child.out_buf = buf
+        else:
+            child.err_buf = buf
         if on_output is not None:
             on_output(child.name, "stdout" if kind == _OUT else "stderr", data)
     return _DATA
+
+
+def _append(buf: bytes | bytearray, data: bytes) -> bytearray:
+    if isinstance(buf, bytearray):
+        buf += data
+        return buf
+    return bytearray(data)
 
 
 def _close(child: Child, kind: int) -> None:

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any, Final, NoReturn, TypeVar, final
 
 from ._errors import DivergeforkError
-from ._fork import Child, OnParentExit, Options, Threads, check_entry, entry_name, start
+from ._fork import Child, OnParentExit, Options, Threads, check_entry, current_pid, entry_name, start
 from ._reap import OutputCallback, Waiter
 from ._report import Outcome, Report
 
@@ -19,6 +19,9 @@ T = TypeVar("T")
 
 # "Not given: take the scope's default". Typed Any so each option keeps its honest type.
 _DEFAULT: Final[Any] = object()
+
+
+_ALL_DEFAULT: Final = (_DEFAULT,) * 6
 
 
 @final
@@ -69,7 +72,8 @@ class Scope:
         self._max_parallel = max_parallel
         self._on_output = on_output
         self._waiter: Waiter | None = None
-        self._running: set[Child] = set()
+        # A list, not a set: appending touches one page, a set's hash table a random one.
+        self._running: list[Child] = []
         self._queue: deque[tuple[Any, Callable[[Any], NoReturn], Options, str]] = deque()
         #: Reports not yet yielded by as_completed().
         self._unseen: deque[Report] = deque()
@@ -135,15 +139,18 @@ class Scope:
         self._check_open("fork")
         check_entry(entry)
         d = self._defaults
-        options = Options(
-            name,
-            d.timeout if timeout is _DEFAULT else timeout,
-            d.grace if grace is _DEFAULT else grace,
-            d.on_parent_exit if on_parent_exit is _DEFAULT else on_parent_exit,
-            d.new_group if new_group is _DEFAULT else new_group,
-            d.threads if threads is _DEFAULT else threads,
-            d.capture if capture is _DEFAULT else capture,
-        )
+        if name is None and (timeout, grace, on_parent_exit, new_group, threads, capture) == _ALL_DEFAULT:
+            options = d  # validated once, shared by every child that takes the defaults
+        else:
+            options = Options(
+                name,
+                d.timeout if timeout is _DEFAULT else timeout,
+                d.grace if grace is _DEFAULT else grace,
+                d.on_parent_exit if on_parent_exit is _DEFAULT else on_parent_exit,
+                d.new_group if new_group is _DEFAULT else new_group,
+                d.threads if threads is _DEFAULT else threads,
+                d.capture if capture is _DEFAULT else capture,
+            )
         if self._max_parallel is not None and len(self._running) >= self._max_parallel:
             self._queue.append((value, entry, options, name or entry_name(entry)))
         else:
@@ -177,7 +184,7 @@ class Scope:
         waiter = self._waiter
         assert waiter is not None
         child = start(value, entry, options)
-        self._running.add(child)
+        self._running.append(child)
         child.waiter = waiter
         waiter.add(child)
 
@@ -188,7 +195,7 @@ class Scope:
             self._start(value, entry, options)
 
     def _ended(self, child: Child) -> None:
-        self._running.discard(child)
+        self._running.remove(child)
         report = child.report
         assert report is not None
         self.reports.append(report)
@@ -226,7 +233,7 @@ class Scope:
             raise
 
     def _check_open(self, what: str) -> None:
-        if os.getpid() != self._owner:
+        if current_pid() != self._owner:
             raise DivergeforkError(
                 f"Scope.{what}() called in process {os.getpid()}, but the scope belongs to "
                 f"process {self._owner}; a child must open a Scope of its own"
