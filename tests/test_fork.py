@@ -617,3 +617,43 @@ def test_nested_fork_in_child() -> None:
     report = df.fork(None, parent_entry).wait()
     assert report.ok
     assert isinstance(report.result, dict) and report.result["result"] == [5, 99]
+
+
+FAILED_FORK_SCRIPT = """
+import gc, os, sys, divergefork as df
+cgroup = sys.argv[1]
+with open(os.path.join(cgroup, "pids.max"), "w") as f:
+    f.write("1")
+with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))
+def entry(_):
+    df.exit_child(0)
+before = sorted(os.listdir("/proc/self/fd"))
+try:
+    df.fork(None, entry)
+    print("forked")
+except BlockingIOError:
+    print("refused")
+gc.collect()
+print("same fds" if sorted(os.listdir("/proc/self/fd")) == before else "leaked fds")
+"""
+
+
+def test_failed_fork_leaks_nothing(tmp_path: Path) -> None:
+    # A real EAGAIN from fork(): a pids cgroup that allows one process (root ignores
+    # RLIMIT_NPROC, but not a cgroup's pids.max).
+    cgroup = Path("/sys/fs/cgroup/pids") / f"divergefork-test-{os.getpid()}"
+    try:
+        cgroup.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot make a pids cgroup here: {exc}")
+    try:
+        proc = subprocess.run(
+            [*python_command(FAILED_FORK_SCRIPT), str(cgroup)], capture_output=True, text=True, timeout=30, check=False
+        )
+    finally:
+        assert wait_until(lambda: not (cgroup / "cgroup.procs").read_text().strip())
+        cgroup.rmdir()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["refused", "same fds"], proc.stderr
+    assert proc.stderr == "", "the handle of a child that was never forked must not close anything"

@@ -185,6 +185,7 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
         child.started = time.monotonic()
         pid = os.fork()
     except BaseException:
+        # fork() failed (EAGAIN, ENOMEM) or we were interrupted before it: nothing to reap.
         for fd in (status_r, status_w, *(capture or ())):
             os.close(fd)
         raise
@@ -357,7 +358,8 @@ class Child:
             )
 
     def __del__(self) -> None:
-        if self.report is None and self.owner == _pid:
+        # pid 0: the fork itself failed and start() already closed the descriptors.
+        if self.report is None and self.pid and self.owner == _pid:
             _orphans.append((self.pid, self.pidfd, self.name))
             for fd in (self.status_fd, self.out_fd, self.err_fd):
                 if fd >= 0:
