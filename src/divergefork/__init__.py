@@ -17,15 +17,15 @@ from ._shared import SharedCounter
 
 __all__ = [
     "CAPTURE_LIMIT",
-    "MAX_RESULT_BYTES",
-    "RETURNED_EXIT_CODE",
     "Child",
     "ChildSpec",
     "Config",
     "DivergeforkError",
     "ForkUnsafeError",
+    "MAX_RESULT_BYTES",
     "Outcome",
     "PluginError",
+    "RETURNED_EXIT_CODE",
     "Report",
     "Scope",
     "SharedCounter",
