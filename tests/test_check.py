@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from divergefork import _check, _cli
+from divergefork import _check
 
 LEAKY = """\
 from __future__ import annotations
@@ -48,23 +48,9 @@ def old(x):
 """
 
 
-def cli_wired() -> bool:
-    args = _cli.build_parser().parse_args(["check"])
-    return hasattr(args, "check_main")
-
-
 def check_command(*args: str) -> list[str]:
-    """``divergefork check ARGS``: through the real command line once ``_cli`` dispatches to it."""
-    if cli_wired():
-        return [sys.executable, "-m", "divergefork", "check", *args]
-    seam = (
-        "import argparse, sys\n"
-        "from divergefork import _check\n"
-        "parser = argparse.ArgumentParser(prog='divergefork check')\n"
-        "_check.configure(parser)\n"
-        "sys.exit(_check.main(parser.parse_args(sys.argv[1:])))\n"
-    )
-    return [sys.executable, "-c", seam, *args]
+    """``divergefork check ARGS`` through the real command line."""
+    return [sys.executable, "-m", "divergefork", "check", *args]
 
 
 def run_check(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -252,3 +238,16 @@ def test_find_config_prefers_mypy_ini_and_skips_foreign_shared_files(tmp_path: P
     assert _check.find_config(tmp_path) == tmp_path.resolve() / "setup.cfg"
     (tmp_path / ".mypy.ini").write_text("")
     assert _check.find_config(tmp_path) == tmp_path.resolve() / ".mypy.ini"
+
+
+def test_a_pyproject_without_tool_mypy_says_so(tmp_path: Path) -> None:
+    project = make_project(tmp_path, {"pyproject.toml": "[project]\nname = 'spam'\n", "spam/__init__.py": CLEAN})
+    result = run_check(project, "--config-file", "pyproject.toml")
+    assert result.returncode == 2
+    assert "pyproject.toml: it has no [tool.mypy] table; add one" in result.stderr
+    assert "is not a table" not in result.stderr
+
+
+def test_check_is_wired_into_the_command_line(tmp_path: Path) -> None:
+    result = run_check(make_project(tmp_path, {}), "--help")
+    assert result.returncode == 0 and "--config-file" in result.stdout

@@ -6,12 +6,15 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import divergefork_race
 import pluggy
 import pytest
+from conftest import pid_alive, wait_until
 
 import divergefork as df
 from divergefork._demo import race
@@ -115,7 +118,38 @@ def test_missing_libatomic_is_a_clear_error() -> None:
         env=env,
     )
     assert done.returncode == 2
-    assert "needs libatomic" in done.stderr and "sync='sharded'" in done.stderr
+    assert "--sync atomic needs libatomic" in done.stderr
+    assert "--sync sharded (exact, no library needed) or --sync lock" in done.stderr
+    assert "sync='" not in done.stderr  # the API's spelling has no place on the command line
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_a_race_child_killed_mid_lockstep_is_a_runtime_failure_exit_1() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "divergefork", "demo", "race", "--lockstep", "-n", "100000000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: children_of(proc.pid), timeout=20)
+        (child,) = children_of(proc.pid)
+        os.kill(child, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, stderr
+    assert f"the race child (pid {child}) ended" in stderr and "SIGKILL" in stderr
+    assert stdout == ""
+    assert not pid_alive(child)
 
 
 def test_race_rejects_bad_arguments_before_forking() -> None:

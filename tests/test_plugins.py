@@ -8,11 +8,13 @@ collection only builds ``ChildSpec`` objects, which is the point of "nothing is 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import textwrap
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from plugin_fixtures.distributions import make_distribution, marker_plugin, unique
@@ -350,3 +352,15 @@ def test_report_and_finished_hooks_are_called_per_plugin(site: Path) -> None:
     plugins.report(report)
     plugins.finished([report])
     assert getattr(plugins.plugins[0].obj, "seen") == [("report", "x"), ("finished", 1)]
+
+
+def test_a_subscripted_childspec_can_be_constructed() -> None:
+    # Python 3.11: Generic + frozen + slots made ChildSpec[int](...) fail with "super(type, obj)".
+    def entry(value: int) -> NoReturn:
+        df.exit_child(value)
+
+    spec = df.ChildSpec[int]("typed", 42, entry, timeout=1.5)
+    assert (spec.name, spec.value, spec.entry, spec.timeout, spec.capture) == ("typed", 42, entry, 1.5, False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.name = "other"  # type: ignore[misc]
+    assert spec == df.ChildSpec("typed", 42, entry, timeout=1.5)

@@ -189,6 +189,48 @@ def test_bad_updates_are_rejected_and_change_nothing(sync: Sync) -> None:
 
 
 @pytest.mark.parametrize("sync", ALL_MODES)
+def test_every_mode_validates_an_addend_the_same_way(sync: Sync) -> None:
+    with df.SharedCounter(sync) as counter:
+        counter.add(5)
+        for bad in (True, False, 1.0, "1", None):
+            with pytest.raises(TypeError, match=rf"add\(n=...\) must be an int, not {type(bad).__name__}"):
+                counter.add(bad)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=r"must be an int"):
+                counter.add_repeatedly(2, bad)  # type: ignore[arg-type]
+        for huge in (2**63, -(2**63) - 1):
+            with pytest.raises(ValueError, match=r"add\(n=...\) must fit in a signed 64-bit word"):
+                counter.add(huge)
+        assert counter.value == 5
+
+
+@pytest.mark.parametrize("sync", ALL_MODES)
+def test_overflow_is_an_overflow_error_in_every_mode_and_the_update_is_not_made(sync: Sync) -> None:
+    top = 2**63 - 1
+    with df.SharedCounter(sync) as counter:
+        counter.add(top)
+        for update in (lambda: counter.add(), lambda: counter.add(7), lambda: counter.add_repeatedly(3)):
+            with pytest.raises(OverflowError, match=rf"adding \d+ to {top} leaves the signed 64-bit range"):
+                update()
+            assert counter.value == top  # not wrapped round to a negative count
+        counter.add(-top)
+        counter.add(-top)
+        with pytest.raises(OverflowError, match="leaves the signed 64-bit range"):
+            counter.add(-2)
+        assert counter.value == -top
+
+
+def test_racy_halves_exist_only_for_sync_none() -> None:
+    with df.SharedCounter("none") as counter:
+        load, store = _shared.racy_halves(counter)
+        store(load() + 41)
+        assert counter.value == 41
+        with pytest.raises(TypeError, match=r"store\(value=...\) must be an int, not bool"):
+            store(True)
+    with df.SharedCounter("lock") as counter, pytest.raises(ValueError, match="only a SharedCounter.sync='none'"):
+        _shared.racy_halves(counter)
+
+
+@pytest.mark.parametrize("sync", ALL_MODES)
 def test_close_is_idempotent_and_later_use_raises(sync: Sync) -> None:
     counter = df.SharedCounter(sync)
     add, add_repeatedly = counter.add, counter.add_repeatedly

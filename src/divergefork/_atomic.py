@@ -21,7 +21,7 @@ from typing import Final
 
 from ._errors import DivergeforkError
 
-__all__ = ["SEQ_CST", "load_fetch_add"]
+__all__ = ["API_ALTERNATIVES", "SEQ_CST", "load_fetch_add"]
 
 #: ``__ATOMIC_SEQ_CST``: on x86-64 every locked instruction is sequentially consistent anyway,
 #: and on weaker CPUs it also orders the counter against whatever flag the caller sets next.
@@ -32,43 +32,53 @@ _SONAME: Final = "libatomic.so.1"
 _cached: ctypes._NamedFuncPointer | None = None
 
 
-def load_fetch_add() -> ctypes._NamedFuncPointer:
+#: What the errors suggest instead, in the library's terms; the command line passes its own.
+API_ALTERNATIVES: Final = "sync='sharded' (exact, no library needed) or sync='lock'"
+
+
+def load_fetch_add(
+    *, subject: str = "SharedCounter(sync='atomic')", alternatives: str = API_ALTERNATIVES
+) -> ctypes._NamedFuncPointer:
     """``__atomic_fetch_add_8`` from libatomic, or a ``DivergeforkError`` saying what is missing.
+
+    ``subject`` and ``alternatives`` word the error for the caller (the command line says
+    ``--sync atomic`` and ``--sync sharded``, not the API's ``sync='atomic'``).
 
     The function has no ``argtypes``: callers pass ready-made ``c_void_p`` and ``c_int64``
     objects and a small ``int`` order, so a call converts nothing (a third faster than with
-    ``argtypes``). Its return value, the old count, is not converted either.
+    ``argtypes``). It returns the old count as an ``int`` (``c_int64``, about 5% slower than
+    discarding it), which is how a caller sees that an add wrapped past the 64-bit range.
     """
     global _cached
     if _cached is not None:
         return _cached
     if os.environ.get("DIVERGEFORK_NO_LIBATOMIC"):
         raise DivergeforkError(
-            "SharedCounter(sync='atomic') needs libatomic, and DIVERGEFORK_NO_LIBATOMIC is set; "
-            "unset it, or use sync='sharded' (exact, no library needed) or sync='lock'"
+            f"{subject} needs libatomic, and DIVERGEFORK_NO_LIBATOMIC is set; "
+            f"unset it, or use {alternatives}"
         )
-    lib = _open_libatomic()
+    lib = _open_libatomic(subject, alternatives)
     try:
         fetch_add = lib.__atomic_fetch_add_8
         is_lock_free = lib.__atomic_is_lock_free
     except AttributeError:
         raise DivergeforkError(
-            f"{lib._name} lacks __atomic_fetch_add_8 or __atomic_is_lock_free, so it is not GCC's "
-            "libatomic; install libatomic1, or use sync='sharded' or sync='lock' instead"
+            f"{subject}: {lib._name} lacks __atomic_fetch_add_8 or __atomic_is_lock_free, so it is "
+            f"not GCC's libatomic; install libatomic1, or use {alternatives} instead"
         ) from None
     is_lock_free.argtypes = [ctypes.c_size_t, ctypes.c_void_p]
     is_lock_free.restype = ctypes.c_bool
     if not is_lock_free(8, None):
         raise DivergeforkError(
-            "this CPU has no lock-free 8-byte atomic add (libatomic would use a lock private to "
-            "each process, which does not exclude the others); use sync='sharded' or sync='lock'"
+            f"{subject}: this CPU has no lock-free 8-byte atomic add (libatomic would use a lock "
+            f"private to each process, which does not exclude the others); use {alternatives}"
         )
-    fetch_add.restype = None
+    fetch_add.restype = ctypes.c_int64
     _cached = fetch_add
     return fetch_add
 
 
-def _open_libatomic() -> ctypes.CDLL:
+def _open_libatomic(subject: str, alternatives: str) -> ctypes.CDLL:
     try:
         # dlopen's own search first: find_library runs ldconfig or a compiler in a subprocess.
         return ctypes.CDLL(_SONAME)
@@ -81,7 +91,7 @@ def _open_libatomic() -> ctypes.CDLL:
         except OSError:
             pass
     raise DivergeforkError(
-        f"SharedCounter(sync='atomic') needs {_SONAME} (GCC's atomic runtime), which was not "
-        "found; install the GCC runtime package (Debian/Ubuntu: libatomic1, Fedora: libatomic, "
-        "Alpine: libatomic), or use sync='sharded' (exact, no library needed) or sync='lock'"
+        f"{subject} needs {_SONAME} (GCC's atomic runtime), which was not found; install the "
+        "GCC runtime package (Debian/Ubuntu: libatomic1, Fedora: libatomic, Alpine: libatomic), "
+        f"or use {alternatives}"
     )

@@ -24,6 +24,8 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._exitcodes import EXIT_USAGE
+
 __all__ = ["configure", "find_config", "main", "merged_config", "mypy_command"]
 
 PLUGIN = "divergefork.mypy"
@@ -31,8 +33,6 @@ PLUGIN = "divergefork.mypy"
 # the repository root, then the user's config files.
 CONFIG_NAMES = ("mypy.ini", ".mypy.ini", "pyproject.toml", "setup.cfg")
 CONFIG_DIR_VARIABLE = re.compile(r"\$(\{MYPY_CONFIG_FILE_DIR\}|MYPY_CONFIG_FILE_DIR\b)")
-
-EXIT_USAGE = 2
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the mypy config to extend (default: the one mypy itself would use)",
     )
-    parser.set_defaults(check_main=main)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -169,9 +168,15 @@ def _ini_parser() -> configparser.RawConfigParser:
 
 def _merge_toml(config: Path, directory: Path) -> tuple[Path, bool]:
     data = tomllib.loads(config.read_text())
-    settings = _expand_config_dir(data.get("tool", {}).get("mypy"), config)
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict) or "mypy" not in tool:
+        raise ValueError(
+            "it has no [tool.mypy] table; add one (an empty [tool.mypy] will do), or leave out "
+            "--config-file to use the strict defaults"
+        )
+    settings = _expand_config_dir(tool["mypy"], config)
     if not isinstance(settings, dict):
-        raise ValueError("[tool.mypy] is not a table")
+        raise ValueError("tool.mypy is not a table; write it as a [tool.mypy] section")
     plugins = settings.get("plugins", [])
     if isinstance(plugins, str):
         plugins = _split_plugins(plugins)

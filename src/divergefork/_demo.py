@@ -25,13 +25,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, final
 
+from ._atomic import load_fetch_add
 from ._child import exit_child
 from ._errors import DivergeforkError
+from ._exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from ._fork import Child, fork
 from ._report import Outcome, Report
-from ._shared import SYNC_MODES, SharedCounter, Sync
+from ._shared import SYNC_MODES, SharedCounter, Sync, racy_halves
 
-__all__ = ["DEFAULT_N", "DEFAULT_LOCKSTEP_N", "ProcessRun", "RaceResult", "configure", "race"]
+__all__ = ["DEFAULT_LOCKSTEP_N", "DEFAULT_N", "ProcessRun", "RaceResult", "configure", "main", "race"]
 
 #: Increments per process of the free-running race: enough to lose updates every time, a
 #: second or two with ``--sync none`` (``lock`` and ``atomic`` take several times longer).
@@ -47,8 +49,6 @@ _START: Final = 16
 _TURN: Final = 32
 _CONTROL_WORDS: Final = 48
 _POLL_EVERY: Final = 256  # spins between checks that the child is still there
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 @final
@@ -238,7 +238,7 @@ def _lockstep(
     # The turn word only grows, and only the process whose turn it is writes it: 4 steps per
     # round (parent reads, child reads, parent writes, child writes). On x86-64 stores are
     # seen in order, so the counter's store is visible before the turn that follows it.
-    load, store = counter._load, counter._store
+    load, store = racy_halves(counter)
     read_step, write_step = (0, 2) if first else (1, 3)
     for round_start in range(0, 4 * n, 4):
         _spin_until(control, _TURN, round_start + read_step, child)
@@ -253,7 +253,7 @@ def _lockstep(
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the demos to the ``divergefork demo`` sub-parser; each sets ``demo_main``."""
+    """Add the demos to the ``divergefork demo`` sub-parser; :func:`main` runs the chosen one."""
     parser.set_defaults(demo_main=functools.partial(_main_no_demo, parser))
     demos = parser.add_subparsers(dest="demo", metavar="DEMO")
     race_parser = demos.add_parser(
@@ -287,6 +287,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     race_parser.set_defaults(demo_main=functools.partial(_main_race, race_parser))
 
 
+def main(args: argparse.Namespace) -> int:
+    """Run the demo ``args`` chose (parsed by a parser :func:`configure` set up); the exit code."""
+    demo_main: functools.partial[int] = args.demo_main
+    return demo_main(args)
+
+
 def _increments(text: str) -> int:
     try:
         n = int(text.replace(",", "_"))
@@ -310,11 +316,23 @@ def _main_race(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
             f"allows (--sync {args.sync} makes an update indivisible); drop one of the two"
         )
     n: int = args.n if args.n is not None else (DEFAULT_LOCKSTEP_N if args.lockstep else DEFAULT_N)
+    if args.sync == "atomic":
+        # Worded for the command line (--sync sharded), before anything is mapped or forked.
+        try:
+            load_fetch_add(
+                subject="--sync atomic",
+                alternatives="--sync sharded (exact, no library needed) or --sync lock",
+            )
+        except DivergeforkError as exc:
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         result = race(n, args.sync, lockstep=args.lockstep)
     except DivergeforkError as exc:
+        # The child died before the start or in the middle of the lockstep race: a run-time
+        # failure after forking, not a usage error.
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted (the child was terminated and reaped)", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -3,6 +3,22 @@
 Every hook is called in the parent, before or after forking. No entry ever runs inside a hook
 call: if it did, a child that returned or raised would unwind into pluggy and go on calling
 the other plugins' hooks in the child.
+
+How hooks are called: one plugin at a time, not through one ``pm.hook.X(...)`` call, so that
+every error names the plugin that raised it. What that means for pluggy's options:
+
+- Plugins are called in load order (installed entry points sorted by name, then ``-p``
+  modules in command-line order); ``@df.hookimpl(tryfirst=True)`` / ``(trylast=True)`` move
+  a plugin to the front / back of that order, as in pluggy.
+- ``hookwrapper=True`` / ``wrapper=True`` implementations run, but wrap only their own
+  plugin's call of that hook (which is nothing, as a plugin has one implementation per hook),
+  never the other plugins': do not use them to time or guard other plugins' hooks.
+- No hook is ``firstresult``; every plugin's ``divergefork_children`` result is used.
+- A plugin whose ``divergefork_report`` raises is not called again for that run (neither
+  ``divergefork_report`` nor ``divergefork_finished``); the other plugins still are.
+
+Hooks run in the parent while children may be running: a hook that starts a thread (and
+leaves it running) makes every later fork of the run unsafe, and the run refuses it.
 """
 
 from __future__ import annotations
@@ -37,12 +53,17 @@ hookimpl = pluggy.HookimplMarker("divergefork")
 
 
 @final
-@dataclass(frozen=True, slots=True)
+# No slots=True: on Python 3.11 a frozen slotted dataclass that is also Generic breaks
+# ``ChildSpec[int](...)`` (typing sets ``__orig_class__``, and the frozen ``__setattr__`` of the
+# slotted copy of the class fails with "super(type, obj)" instead of the AttributeError typing
+# expects and ignores).
+@dataclass(frozen=True)
 class ChildSpec(Generic[T]):
     """One child a plugin contributes to ``divergefork run``.
 
     Constructing one is where the type checker proves that ``entry`` accepts ``value`` and
-    never returns.
+    never returns. ``ChildSpec[int](name, 1, entry)`` works too (the subscription is for the
+    type checker; nothing is checked at run time).
     """
 
     name: str

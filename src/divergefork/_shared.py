@@ -24,6 +24,12 @@ page, and an unsynchronised read-modify-write from two processes loses updates. 
     speed. A process claims a slot on its first ``add``; the claim is reset in a forked child
     by an ``os.register_at_fork`` hook, so the hot path never calls ``os.getpid()``.
 
+Every mode validates updates the same way: ``n`` (and ``times``) must be an ``int`` (not a
+``bool``) or ``TypeError``; an ``n`` outside the signed 64-bit range is a ``ValueError``; an
+update that would take the count (or, for ``sharded``, this process's slot) past the signed
+64-bit range is an ``OverflowError`` and leaves the count as it was (``atomic`` adds and then
+takes the update back, so another process may glimpse the wrapped value in between).
+
 The layout, in 8-byte words: word 0 is the count of ``none``/``lock``/``atomic``; from word 16
 the claim table (the pid owning each slot, 0 when free); then one slot every 16 words.
 """
@@ -42,7 +48,7 @@ from typing import Final, Literal, NoReturn, Protocol, final
 from ._atomic import SEQ_CST, load_fetch_add
 from ._errors import DivergeforkError
 
-__all__ = ["SYNC_MODES", "SharedCounter", "Sync"]
+__all__ = ["SYNC_MODES", "SharedCounter", "Sync", "racy_halves"]
 
 Sync = Literal["none", "lock", "atomic", "sharded"]
 SYNC_MODES: Final[tuple[Sync, ...]] = ("none", "lock", "atomic", "sharded")
@@ -203,15 +209,38 @@ class SharedCounter:
             "df.fork (or let the child inherit it) instead of sending it through a pipe or queue"
         )
 
-    # The lockstep demo splits one update of a "none" counter into its load and its store.
-    def _load(self) -> int:
-        self._mapping.check_open()
-        word: int = self._mapping.words[0]
+
+
+def racy_halves(counter: SharedCounter) -> tuple[Callable[[], int], Callable[[int], None]]:
+    """The load and the store of one update of a ``"none"`` counter, as two calls.
+
+    For the lockstep demo, which interleaves two processes' halves to lose exactly one update
+    in two. Only ``"none"`` has such halves: the other modes make an update indivisible, and
+    splitting it would defeat them, so they are a ``ValueError``.
+    """
+    if counter.sync != "none":
+        raise ValueError(
+            f"only a SharedCounter(sync='none') update has a separate load and store, not "
+            f"sync={counter.sync!r}"
+        )
+    mapping = counter._mapping
+    words = mapping.words
+
+    def load() -> int:
+        mapping.check_open()
+        word: int = words[0]
         return word
 
-    def _store(self, value: int) -> None:
-        self._mapping.check_open()
-        self._mapping.words[0] = value
+    def store(value: int) -> None:
+        mapping.check_open()
+        if value.__class__ is not int:
+            _check_addend(value, "store(value=...)")
+        try:
+            words[0] = value
+        except ValueError:
+            raise _overflow_error(0, value) from None
+
+    return load, store
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -232,15 +261,39 @@ def _check_update(times: int, n: int) -> int:
     return count
 
 
-def _check_addend(n: object) -> None:
+def _check_addend(n: object, what: str = "add(n=...)") -> None:
     if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"SharedCounter.add(n=...) must be an int, not {type(n).__name__}")
+        raise TypeError(f"SharedCounter.{what} must be an int, not {type(n).__name__}")
     if not _INT64_MIN <= n <= _INT64_MAX:
-        raise ValueError(f"SharedCounter.add(n=...) must fit in a signed 64-bit word, not {n}")
+        raise ValueError(f"SharedCounter.{what} must fit in a signed 64-bit word, not {n}")
 
 
 def _closed_error() -> ValueError:
     return ValueError("operation on a closed SharedCounter")
+
+
+def _overflow_error(count: int, n: int) -> OverflowError:
+    return OverflowError(
+        f"SharedCounter: adding {n} to {count} leaves the signed 64-bit range "
+        f"[{_INT64_MIN}, {_INT64_MAX}], so that update was not made; start lower or add less"
+    )
+
+
+def _failed_update(mapping: _Mapping, word: int, n: object) -> Exception:
+    """Why ``words[word] += n`` raised ``ValueError``/``TypeError``: closed, bad ``n`` or overflow.
+
+    Called only after the update failed, so the checks cost nothing on the hot path; a
+    failed memoryview store leaves the word as it was.
+    """
+    if mapping.closed:
+        return _closed_error()
+    try:
+        _check_addend(n)
+    except (TypeError, ValueError) as exc:
+        return exc
+    assert isinstance(n, int)
+    count: int = mapping.words[word]
+    return _overflow_error(count, n)
 
 
 # Each mode is a set of closures over locals (no attribute lookup per update): `add` is the
@@ -251,19 +304,26 @@ def _closed_error() -> ValueError:
 
 def _plain(mapping: _Mapping) -> tuple[_Add, _AddRepeatedly, Callable[[], int]]:
     words = mapping.words
+    low, high = _INT64_MIN, _INT64_MAX  # closure cells: faster than globals per update
 
     def add(n: int = 1) -> None:
+        # A bool would add silently, and an n beyond 64 bits whose sum still fits would pass
+        # memoryview's own check: the same rule as every mode, at the cost of two compares.
+        if n.__class__ is not int or not low <= n <= high:
+            _check_addend(n)
         try:
             words[0] += n
-        except ValueError:
-            if mapping.closed:
-                raise _closed_error() from None
-            raise
+        except (TypeError, ValueError):
+            raise _failed_update(mapping, 0, n) from None
 
     def add_repeatedly(times: int, n: int = 1) -> None:
         mapping.check_open()
-        for _ in range(_check_update(times, n)):
-            words[0] += n
+        count = _check_update(times, n)
+        try:
+            for _ in range(count):
+                words[0] += n
+        except ValueError:
+            raise _failed_update(mapping, 0, n) from None
 
     def value() -> int:
         count: int = words[0]
@@ -274,30 +334,35 @@ def _plain(mapping: _Mapping) -> tuple[_Add, _AddRepeatedly, Callable[[], int]]:
 
 def _locked(mapping: _Mapping) -> tuple[_Add, _AddRepeatedly, Callable[[], int]]:
     words = mapping.words
+    low, high = _INT64_MIN, _INT64_MAX  # closure cells: faster than globals per update
     # The fork context, whatever the default start method: its semaphore is unlinked at once
     # (no resource tracker process) and reaches children by inheritance only.
     lock = multiprocessing.get_context("fork").Lock()
     acquire, release = lock.acquire, lock.release
 
     def add(n: int = 1) -> None:
+        if n.__class__ is not int or not low <= n <= high:
+            _check_addend(n)
         acquire()
         try:
             words[0] += n
-        except ValueError:
-            if mapping.closed:
-                raise _closed_error() from None
-            raise
+        except (TypeError, ValueError):
+            raise _failed_update(mapping, 0, n) from None
         finally:
             release()
 
     def add_repeatedly(times: int, n: int = 1) -> None:
         mapping.check_open()
-        for _ in range(_check_update(times, n)):
-            acquire()
-            try:
-                words[0] += n
-            finally:
-                release()
+        count = _check_update(times, n)
+        try:
+            for _ in range(count):
+                acquire()
+                try:
+                    words[0] += n
+                finally:
+                    release()
+        except ValueError:
+            raise _failed_update(mapping, 0, n) from None
 
     def value() -> int:
         # An aligned 8-byte load is never torn, so reading needs no lock.
@@ -316,22 +381,34 @@ def _atomic(
     pointer = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(mapping.mmap)))
     one = ctypes.c_int64(1)
     int64 = ctypes.c_int64
+    # The hardware wraps silently; fetch_add returns the old count, so a wrap is seen at once,
+    # taken back, and reported like the other modes' OverflowError.
+
+    def undo(old: int, n: int) -> OverflowError:
+        fetch_add(pointer, int64(-n), SEQ_CST)
+        return _overflow_error(old, n)
 
     def add(n: int = 1) -> None:
         if mapping.closed:
             raise _closed_error()
         if n == 1 and n.__class__ is int:
-            fetch_add(pointer, one, SEQ_CST)
+            if fetch_add(pointer, one, SEQ_CST) == _INT64_MAX:
+                raise undo(_INT64_MAX, 1)
         else:
             _check_addend(n)
-            fetch_add(pointer, int64(n), SEQ_CST)
+            old = fetch_add(pointer, int64(n), SEQ_CST)
+            if not _INT64_MIN <= old + n <= _INT64_MAX:
+                raise undo(old, n)
 
     def add_repeatedly(times: int, n: int = 1) -> None:
         mapping.check_open()
         count = _check_update(times, n)
         addend = one if n == 1 else int64(n)
+        low, high = _INT64_MIN - n, _INT64_MAX - n  # the old counts that n can be added to
         for _ in range(count):
-            fetch_add(pointer, addend, SEQ_CST)
+            old = fetch_add(pointer, addend, SEQ_CST)
+            if not low <= old <= high:
+                raise undo(old, n)
 
     def value() -> int:
         count: int = words[0]
@@ -342,6 +419,7 @@ def _atomic(
 
 def _sharded(mapping: _Mapping, slots: int) -> tuple[_Add, _AddRepeatedly, Callable[[], int]]:
     words = mapping.words
+    low, high = _INT64_MIN, _INT64_MAX  # closure cells: faster than globals per update
     lock = multiprocessing.get_context("fork").Lock()  # guards the claim table only
     first = _CLAIMS + _round_up(slots, _LINE)
     unclaimed = len(words)  # an index that raises IndexError: "claim a slot first"
@@ -362,23 +440,30 @@ def _sharded(mapping: _Mapping, slots: int) -> tuple[_Add, _AddRepeatedly, Calla
         index = unclaimed
 
     def add(n: int = 1) -> None:
+        if n.__class__ is not int or not low <= n <= high:
+            _check_addend(n)
         try:
             words[index] += n
             return
         except IndexError:
             pass
-        except ValueError:
-            if mapping.closed:
-                raise _closed_error() from None
-            raise
-        words[claim()] += n
+        except (TypeError, ValueError):
+            raise _failed_update(mapping, index, n) from None
+        mine = claim()
+        try:
+            words[mine] += n
+        except (TypeError, ValueError):
+            raise _failed_update(mapping, mine, n) from None
 
     def add_repeatedly(times: int, n: int = 1) -> None:
         mapping.check_open()
         count = _check_update(times, n)
         mine = claim() if index == unclaimed else index
-        for _ in range(count):
-            words[mine] += n
+        try:
+            for _ in range(count):
+                words[mine] += n
+        except ValueError:
+            raise _failed_update(mapping, mine, n) from None
 
     def value() -> int:
         return sum(words[first : first + slots * _LINE : _LINE])
