@@ -208,9 +208,13 @@ def test_overflow_is_an_overflow_error_in_every_mode_and_the_update_is_not_made(
     top = 2**63 - 1
     with df.SharedCounter(sync) as counter:
         counter.add(top)
-        for update in (lambda: counter.add(), lambda: counter.add(7), lambda: counter.add_repeatedly(3)):
-            with pytest.raises(OverflowError, match=rf"adding \d+ to {top} leaves the signed 64-bit range"):
-                update()
+        updates: list[tuple[int, int]] = [(1, 1), (1, 7), (3, 1)]  # (times, n)
+        for times, n in updates:
+            with pytest.raises(OverflowError, match=rf"adding {n} to {top} leaves the signed 64-bit range"):
+                if times == 1:
+                    counter.add(n)
+                else:
+                    counter.add_repeatedly(times, n)
             assert counter.value == top  # not wrapped round to a negative count
         counter.add(-top)
         counter.add(-top)
