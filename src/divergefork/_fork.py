@@ -30,6 +30,7 @@ OnParentExit = Literal["kill", "keep"]
 Threads = Literal["refuse", "warn", "allow"]
 
 _PIPE_FLAGS: Final = os.O_CLOEXEC
+_HAVE_FORK: Final = _linux.HAVE_FORK
 
 # The C-level getsignal: signal.getsignal wraps its answer in an enum member, and in a parent
 # that forks hundreds of children every object touched per fork is a page copied per fork.
@@ -148,8 +149,14 @@ def entry_name(entry: Callable[..., object]) -> str:
 
 
 def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
-    """Fork now with already validated options."""
-    if not _linux.HAVE_FORK:
+    """Fork now with already validated options.
+
+    Written flat on purpose. A parent forking many children re-shares all its pages with each
+    new child, so every page it writes afterwards is copied again (about 4.5 us a page, measured
+    in benchmarks/bench_fanout.py). Each Python function called per fork writes to its function,
+    code and globals objects (reference counts), so helpers are inlined on this path.
+    """
+    if not _HAVE_FORK:
         raise ForkUnsafeError(
             f"this platform ({sys.platform}) has no fork(); divergefork needs a POSIX system "
             "(use subprocess or multiprocessing's 'spawn' context instead)"
@@ -159,15 +166,23 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
             "SIGCHLD is set to SIG_IGN, so the kernel would discard every child's exit status; "
             "restore it with signal.signal(signal.SIGCHLD, signal.SIG_DFL) before forking"
         )
-    if options.threads != "allow" and _other_threads():
+    if options.threads != "allow" and (
+        len(_active) + len(_limbo) != 1 if _active else threading.active_count() != 1
+    ):
         _threads_at_fork(options.threads)
-    name = options.name or entry_name(entry)
-    _reap_orphans()
+    name = options.name or getattr(entry, "__qualname__", None)
+    if name.__class__ is not str:
+        name = entry_name(entry)
+    if _orphans:
+        _reap_orphans()
 
-    for stream in (sys.stdout, sys.stderr):
-        # Text still in a buffer would be written twice: once by the parent, once by the child.
-        if stream is not None:
-            stream.flush()
+    # Text still in a buffer would be written twice: once by the parent, once by the child.
+    stream = sys.stdout
+    if stream is not None:
+        stream.flush()
+    stream = sys.stderr
+    if stream is not None:
+        stream.flush()
 
     status_r, status_w = os.pipe2(_PIPE_FLAGS)
     capture = None
@@ -211,7 +226,10 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
             pass  # the child already did it, or already exec'd
     child.pid = pid
     # Opened after fork: if the child is already a zombie the pidfd still refers to it.
-    child.pidfd = _linux.pidfd_open(pid)
+    if _linux._have_pidfd:
+        child.pidfd = os.pidfd_open(pid)
+    elif _linux._have_pidfd is None:
+        child.pidfd = _linux.pidfd_open(pid)
     if child.deadline is not None:
         child.deadline += child.started
     return child

@@ -71,12 +71,27 @@ class Waiter:
         self._private = private
 
     def add(self, child: Child) -> None:
-        assert self._ep is not None, "waiter closed"
-        if child.pidfd is not None:
-            self._watch(child.pidfd, child, _PIDFD)
+        ep = self._ep
+        assert ep is not None, "waiter closed"
+        children = self._child_of
+        pidfd = child.pidfd
+        status = child.status_fd
+        # Descriptors are allocated lowest first, so the pidfd (opened last) is the highest.
+        top = max(status, -1 if pidfd is None else pidfd, child.err_fd)
+        if top >= len(children):
+            grow = top + 64 - len(children)
+            children.extend([None] * grow)
+            self._kind_of.extend([0] * grow)
+        # Inlined (not a _watch() per descriptor): see _fork.start() on pages copied per fork.
+        if pidfd is not None:
+            children[pidfd] = child
+            self._kind_of[pidfd] = _PIDFD
+            ep.register(pidfd, select.EPOLLIN)
         else:
             self._polled.append(child)
-        self._watch(child.status_fd, child, _STATUS)
+        children[status] = child
+        self._kind_of[status] = _STATUS
+        ep.register(status, select.EPOLLIN)
         if child.out_fd >= 0:
             self._watch(child.out_fd, child, _OUT)
             self._watch(child.err_fd, child, _ERR)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, NoReturn, TypeVar, final
 
+from . import _fork
 from ._errors import DivergeforkError
 from ._fork import Child, OnParentExit, Options, Threads, check_entry, current_pid, entry_name, start
 from ._reap import OutputCallback, Waiter
@@ -136,8 +137,12 @@ class Scope:
 
         Takes the same arguments as ``divergefork.fork``; options not given are the scope's.
         """
-        self._check_open("fork")
-        check_entry(entry)
+        # Inlined checks: see start() on why this path calls as few functions as it can.
+        if self._state != "open" or self._owner != _fork._pid:
+            self._check_open("fork")
+        maybe_entry: object = entry  # typed as what a caller may really pass
+        if not callable(maybe_entry):
+            check_entry(maybe_entry)
         d = self._defaults
         if name is None and (timeout, grace, on_parent_exit, new_group, threads, capture) == _ALL_DEFAULT:
             options = d  # validated once, shared by every child that takes the defaults
@@ -153,8 +158,13 @@ class Scope:
             )
         if self._max_parallel is not None and len(self._running) >= self._max_parallel:
             self._queue.append((value, entry, options, name or entry_name(entry)))
-        else:
-            self._start(value, entry, options)
+            return
+        waiter = self._waiter
+        assert waiter is not None
+        child = start(value, entry, options)
+        self._running.append(child)
+        child.waiter = waiter
+        waiter.add(child)
 
     def as_completed(self) -> Iterator[Report]:
         """Yield each child's report as it ends, until no child is running or queued."""
