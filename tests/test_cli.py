@@ -7,8 +7,10 @@ plugin ``tests/plugin_fixtures/dfx_children.py`` loaded with ``-p dfx_children``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pty
 import re
 import signal
 import stat
@@ -99,9 +101,7 @@ def test_all_ok_exits_0_with_a_table_json_and_junit(tmp_path: Path) -> None:
     assert suite is not None and suite.get("tests") == "2" and suite.get("failures") == "0"
     assert [case.get("name") for case in suite.iter("testcase")] == ["a", "b"]
     assert list(suite.iter("failure")) == []
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json", "r.xml"] or sorted(
-        p.name for p in tmp_path.iterdir()
-    ) == ["r.json", "r.xml"]  # no temporary files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.xml"]  # no temporary files left
 
 
 def test_any_child_not_ok_exits_1_and_failures_are_reported(tmp_path: Path) -> None:
@@ -255,7 +255,7 @@ def test_sigint_terminates_and_reaps_every_child_then_exits_130(tmp_path: Path) 
             proc.communicate()
     assert proc.returncode == 130, stderr
     assert not any(pid_alive(pid) for pid in pids)
-    assert "interrupted" in stderr
+    assert "interrupted; 2 children were cancelled" in stderr
     assert "Traceback" not in stderr
     reports = json.loads(out_json.read_text())
     assert {r["name"] for r in reports} == {"l1", "l2"}
@@ -301,19 +301,227 @@ def test_duplicate_names_across_plugins_exit_2_and_fork_nothing(tmp_path: Path) 
     assert not (tmp_path / "first").exists() and not (tmp_path / "second").exists()
 
 
-def test_a_failing_report_hook_does_not_cancel_children_but_exits_2(tmp_path: Path) -> None:
+BAD_OBSERVER = """\
+import os
+import divergefork as df
+
+@df.hookimpl
+def divergefork_report(report):
+    raise KeyError(report.name)
+
+@df.hookimpl
+def divergefork_finished(reports):
+    with open(os.environ["DFX_LOG"], "a") as log:
+        log.write("bad observer finished\\n")
+"""
+
+
+def test_a_failing_report_hook_does_not_cancel_children_or_silence_other_plugins(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
-    (site / "dfx_bad_observer.py").write_text(
-        "import divergefork as df\n\n@df.hookimpl\ndef divergefork_report(report):\n    raise KeyError(report.name)\n"
-    )
-    out_json = tmp_path / "r.json"
-    done = divergefork("run", *dfx("a=ok", "b=span"), "--dfx-dir", str(tmp_path), "-p", "dfx_bad_observer",
-                       "--json", str(out_json), paths=(site,))
-    assert done.returncode == 2
-    assert "plugin 'dfx_bad_observer' (-p dfx_bad_observer): divergefork_report raised KeyError" in done.stderr
+    (site / "dfx_bad_observer.py").write_text(BAD_OBSERVER)
+    out_json, log = tmp_path / "r.json", tmp_path / "log"
+    args = ["run", "-p", "dfx_bad_observer", *dfx("a=ok", "b=span"), "--dfx-dir", str(tmp_path), "--json", str(out_json)]
+    done = divergefork(*args, paths=(site,), DFX_LOG=str(log))
+    assert done.returncode == 1  # after forking: not 2, which means "nothing was forked"
+    error = "divergefork run: error: plugin 'dfx_bad_observer' (-p dfx_bad_observer): divergefork_report raised KeyError"
+    assert done.stderr.count(error) == 1  # not called again after its first failure
+    assert "--traceback" in done.stderr and "Traceback" not in done.stderr
+    assert set(table_rows(done.stdout)) == {"a", "b"}
     assert all(r["ok"] for r in json.loads(out_json.read_text()))
     assert (tmp_path / "b.span").exists()
+    # The other plugin saw every report and the end; the failing one is not called again.
+    lines = log.read_text().splitlines()
+    assert sorted(lines[:2]) == ["report a exited", "report b exited"] and lines[2:] == ["finished 2"]
+    log.unlink()
+    with_tb = divergefork(*args, "--traceback", paths=(site,), DFX_LOG=str(log))
+    assert with_tb.returncode == 1
+    assert "Traceback (most recent call last)" in with_tb.stderr and "raise KeyError(report.name)" in with_tb.stderr
+
+
+FAILING_FINISH = """\
+import divergefork as df
+
+@df.hookimpl(tryfirst=True)
+def divergefork_finished(reports):
+    raise RuntimeError("cannot finish")
+"""
+
+
+def test_a_failing_finished_hook_still_lets_the_other_plugins_finish(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "dfx_bad_finish.py").write_text(FAILING_FINISH)
+    log = tmp_path / "log"
+    done = divergefork("run", "-p", "dfx_bad_finish", *dfx("a=ok"), paths=(site,), DFX_LOG=str(log))
+    assert done.returncode == 1
+    assert "dfx_bad_finish): divergefork_finished raised RuntimeError: cannot finish" in done.stderr
+    assert log.read_text().splitlines() == ["report a exited", "finished 1"]
+
+
+THREAD_STARTER = """\
+import threading
+import divergefork as df
+
+_stop = threading.Event()
+
+@df.hookimpl
+def divergefork_report(report):
+    threading.Thread(target=_stop.wait, daemon=True, name="observer-thread").start()
+"""
+
+
+def test_a_fork_refused_mid_run_keeps_the_finished_childrens_reports(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "dfx_threads.py").write_text(THREAD_STARTER)
+    out_json = tmp_path / "r.json"
+    done = divergefork(
+        "run", "-p", "dfx_threads", *dfx("a=ok", "b=ok", "c=ok", "d=ok"), "--jobs", "1", "--json", str(out_json),
+        paths=(site,),
+    )
+    assert done.returncode == 1, done.stderr  # something failed after forking
+    rows = table_rows(done.stdout)
+    assert rows["a"][2:4] == ["exited", "0"]
+    assert rows["d"][1:3] == ["0", "cancelled"]  # never started
+    reports = {r["name"]: r for r in json.loads(out_json.read_text())}
+    assert set(reports) == {"a", "b", "c", "d"} and reports["a"]["ok"]
+    assert "a fork was refused after" in done.stderr and "observer-thread" in done.stderr
+    assert "divergefork_report of plugin 'dfx_threads' (-p dfx_threads)" in done.stderr
+    assert "threads at fork are refused" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_thread_started_before_the_first_fork_is_a_plain_error_nothing_forked(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "dfx_early_thread.py").write_text(
+        THREAD_STARTER.replace("def divergefork_report(report):", "def divergefork_addoption(parser):")
+    )
+    done = divergefork("run", "-p", "dfx_early_thread", *dfx("a=loop"), "--dfx-dir", str(tmp_path), paths=(site,))
+    assert done.returncode == 2
+    assert "cannot fork:" in done.stderr and "nothing was forked" in done.stderr
+    assert not (tmp_path / "a.pid").exists()
+
+
+STDOUT_PRINTER = """\
+import divergefork as df
+
+@df.hookimpl
+def divergefork_children(config):
+    print("collecting")
+    return []
+
+@df.hookimpl
+def divergefork_report(report):
+    print("saw", report.name)
+
+@df.hookimpl
+def divergefork_finished(reports):
+    print("finished")
+"""
+
+
+def test_json_to_stdout_stays_pure_when_plugin_hooks_print(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "dfx_chatty.py").write_text(STDOUT_PRINTER)
+    done = divergefork("run", "-p", "dfx_chatty", *dfx("a=ok"), "--json", "-", paths=(site,))
+    assert done.returncode == 0, done.stderr
+    assert [r["name"] for r in json.loads(done.stdout)] == ["a"]
+    assert "collecting\n" in done.stderr and "saw a\n" in done.stderr and "finished\n" in done.stderr
+
+
+def test_junit_xml_to_stdout_is_a_usage_error(tmp_path: Path) -> None:
+    done = divergefork("run", *dfx("a=loop"), "--dfx-dir", str(tmp_path), "--junit-xml", "-")
+    assert done.returncode == 2
+    assert "--junit-xml -: JUnit XML cannot go to stdout" in done.stderr
+    assert done.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+# -- a reader that goes away (`divergefork ... | head`) -----------------------------------------
+
+
+def run_into_a_closed_pipe(*args: str) -> tuple[int, str]:
+    """Run the CLI with stdout a pipe whose reading end is already closed; (status, stderr)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "divergefork", *args],
+            env=environment(),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    return done.returncode, done.stderr
+
+
+def test_a_closed_stdout_lets_the_children_finish_and_exits_141(tmp_path: Path) -> None:
+    out_json = tmp_path / "r.json"
+    status, stderr = run_into_a_closed_pipe(
+        "run", *dfx("p=print", "s=span", "a=ok"), "--dfx-dir", str(tmp_path), "--capture", "--json", str(out_json)
+    )
+    assert status == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+    assert "p | line two" in stderr  # stderr still works
+    assert (tmp_path / "s.span").exists()  # not cancelled
+    reports = json.loads(out_json.read_text())
+    assert {r["name"] for r in reports} == {"p", "s", "a"} and all(r["ok"] for r in reports)
+
+
+@pytest.mark.parametrize("args", [["list", *dfx("a=ok")], ["run", *dfx("a=ok"), "--json", "-"]])
+def test_other_output_into_a_closed_pipe_exits_quietly(args: list[str]) -> None:
+    status, stderr = run_into_a_closed_pipe(*args)
+    assert status == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr and "Exception ignored" not in stderr
+
+
+# -- live progress on a terminal ----------------------------------------------------------------
+
+
+def test_progress_is_shown_live_on_a_terminal(tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "divergefork", "run", *dfx("a=ok", "s=span"), "--dfx-dir", str(tmp_path), "--capture"],
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+        )
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:  # read until the child closes its end (EIO on Linux) or exits
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        stdout, _ = proc.communicate(timeout=30)
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    text = seen.decode()
+    assert "\r\x1b[Kdivergefork run: 0/2 done" in text
+    assert re.search(r"divergefork run: 1/2 done \(last: a exited 0 in [\d.]+s\)", text)
+    assert "divergefork run: 2/2 done" in text
+    assert text.endswith("\r\x1b[K") or "\r\x1b[K" in text.rsplit("2/2 done", 1)[1]  # cleared at the end
+    assert set(table_rows(stdout)) == {"a", "s"}  # the table is not on the terminal
+
+
+def test_progress_is_not_shown_when_stderr_is_not_a_terminal() -> None:
+    done = divergefork("run", *dfx("a=ok"))
+    assert done.returncode == 0
+    assert "done" not in done.stderr
 
 
 def test_list_shows_plugins_and_children_without_forking(tmp_path: Path) -> None:
@@ -333,7 +541,7 @@ def test_list_discovers_installed_entry_points(tmp_path: Path) -> None:
                              {"listed": module})
     done = divergefork("list", paths=(site,), autoload=True)
     assert done.returncode == 0, done.stderr
-    assert f"listed" in done.stdout and "dfx-listed 0.1.0" in done.stdout and f"module {module}" in done.stdout
+    assert "listed" in done.stdout and "dfx-listed 0.1.0" in done.stdout and f"module {module}" in done.stdout
     assert re.search(r"^  m +from listed ", done.stdout, re.MULTILINE)
     assert not (tmp_path / "m").exists()
 
@@ -397,16 +605,32 @@ def test_write_atomic_replaces_and_keeps_the_mode(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
-def test_write_atomic_leaves_the_old_file_when_it_fails(tmp_path: Path) -> None:
+def test_write_atomic_failing_mid_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     target.write_text("old")
+    # A lone surrogate cannot be encoded: the temporary file exists, then the write fails.
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(str(target), "new text \ud800")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
-    class Unwritable:
-        def __str__(self) -> str:
-            raise RuntimeError("cannot render")
 
-    with pytest.raises(TypeError):
-        write_atomic(str(target), Unwritable())  # type: ignore[arg-type]
+def test_write_atomic_failing_in_the_os_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    # A real write(2) failure half way: a file size limit (EFBIG), in a child interpreter.
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    code = (
+        "import resource, signal, sys\n"
+        "from divergefork._cli import write_atomic\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "try:\n"
+        "    write_atomic(sys.argv[1], 'x' * 100_000)\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == str(errno.EFBIG), done.stderr
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 

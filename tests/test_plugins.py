@@ -156,8 +156,79 @@ def test_a_syntax_error_points_at_the_bad_line(site: Path) -> None:
 
 
 def test_a_missing_dash_p_module_says_where_to_look() -> None:
-    with pytest.raises(df.PluginError, match=r"cannot import dfx_nowhere_.*is it installed, or on PYTHONPATH"):
+    with pytest.raises(df.PluginError, match=r"cannot import dfx_nowhere_.*is it installed, or on PYTHONPATH") as info:
         load_plugins([unique("dfx_nowhere")], autoload=False)
+    # The whole traceback is importlib's: no location that points into the standard library.
+    assert "(at " not in str(info.value) and "importlib" not in str(info.value)
+
+
+def test_a_missing_dependency_points_at_the_plugins_import_line(site: Path) -> None:
+    _, module = install(site, "dfx-needy", "import os\nimport dfx_no_such_dependency\n")
+    with pytest.raises(df.PluginError, match=rf"No module named 'dfx_no_such_dependency' \(at .*{module}\.py:2, in <module>\)"):
+        load_dist("dfx-needy")
+
+
+def test_tryfirst_and_trylast_order_plugins_across_plugins(site: Path) -> None:
+    seen: list[str] = []
+    sys.modules["dfx_order_log"] = type(sys)("dfx_order_log")
+    setattr(sys.modules["dfx_order_log"], "seen", seen)
+    source = """
+        import divergefork as df
+        import dfx_order_log
+
+        @df.hookimpl({mark})
+        def divergefork_finished(reports):
+            dfx_order_log.seen.append({name!r})
+    """
+    make_distribution(
+        site,
+        "dfx-order",
+        {
+            (a := unique("dfx_order_a")): source.format(mark="trylast=True", name="a-last"),
+            (b := unique("dfx_order_b")): source.format(mark="", name="b"),
+            (c := unique("dfx_order_c")): source.format(mark="tryfirst=True", name="c-first"),
+        },
+        {"a": a, "b": b, "c": c},
+    )
+    try:
+        assert load_dist("dfx-order").finished([]) == []
+    finally:
+        del sys.modules["dfx_order_log"]
+    assert seen == ["c-first", "b", "a-last"]
+
+
+def test_observer_hooks_return_errors_and_call_every_other_plugin(site: Path) -> None:
+    make_distribution(
+        site,
+        "dfx-observers",
+        {
+            (bad := unique("dfx_bad")): """
+                import divergefork as df
+
+                @df.hookimpl
+                def divergefork_report(report):
+                    raise ValueError("bad observer")
+            """,
+            (good := unique("dfx_good")): """
+                import divergefork as df
+                seen = []
+
+                @df.hookimpl
+                def divergefork_report(report):
+                    seen.append(report.name)
+            """,
+        },
+        {"bad": bad, "good": good},
+    )
+    plugins = load_dist("dfx-observers")
+    report = df.Report(name="x", pid=1, outcome=df.Outcome.EXITED, exit_code=0)
+    (error,) = plugins.report(report)
+    assert error.plugin == "'bad' (distribution dfx-observers 0.1.0)" and "ValueError: bad observer" in str(error)
+    owner = plugins.owner_of(error)
+    assert owner is not None and owner.name == "bad"
+    assert plugins.report(report, skip={"bad"}) == []
+    good_plugin = next(p for p in plugins.plugins if p.name == "good")
+    assert getattr(good_plugin.obj, "seen") == ["x", "x"]
 
 
 def test_a_hookimpl_with_a_wrong_parameter_shows_both_signatures(site: Path) -> None:

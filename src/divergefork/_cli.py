@@ -1,21 +1,31 @@
 """The ``divergefork`` command line: a thin layer that parses, calls the API, prints and maps
 outcomes to exit codes.
 
-Exit codes: 0 every child ``ok``; 1 some child not ok; 2 usage, configuration or plugin error
-(nothing forked, except for a plugin failing in ``divergefork_report``/``divergefork_finished``,
-which happens after the children ran); 130 interrupted (every child terminated and reaped first).
+Exit codes (see ``_exitcodes``): 0 every child ``ok``; 1 something failed after forking (a
+child not ok, a plugin failing in ``divergefork_report``/``divergefork_finished``, a fork
+refused part way through the run, a report file that could not be written); 2 usage,
+configuration or plugin error, and then nothing was forked; 130 interrupted (every child
+terminated and reaped first); 141 our stdout was closed by its reader (``divergefork run |
+head``): the rest of the output is dropped, the children still run to their end and are
+reaped, and report files are still written.
 
 Plugins add options, so the command line is parsed in two steps: a pre-scan finds the
 subcommand and every ``-p`` (``-p no:NAME`` included), plugins load, they add their options
 through ``divergefork_addoption``, and only then is the full command line parsed.
 
 ``--traceback`` (or ``DIVERGEFORK_TRACEBACK=1``) prints the full traceback of a plugin error
-before the one-line message; by default the user reads the message, not a stack.
+(in any hook) before the one-line message; by default the user reads the message, not a stack.
+
+With ``--json -`` stdout carries the JSON document and nothing else: the table goes to stderr,
+children's output is captured, and whatever a plugin hook prints to ``sys.stdout`` is sent to
+stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -26,21 +36,26 @@ import time
 import traceback
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from contextlib import suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Final, TextIO, final
 
+from . import _check, _demo
 from ._errors import DivergeforkError, PluginError
+from ._exitcodes import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from ._hookspecs import Config
 from ._plugins import Collected, Plugins, describe_entry, load_plugins
 from ._report import Outcome, Report
 from ._scope import Scope
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
-
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_INTERRUPTED: Final = 130
+__all__ = [
+    "EXIT_BROKEN_PIPE",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
 
 TRACEBACK_ENV: Final = "DIVERGEFORK_TRACEBACK"
 
@@ -92,7 +107,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write the reports as a JSON list to PATH ('-': stdout, the table then goes to stderr)",
     )
-    parser.add_argument("--junit-xml", metavar="PATH", help="write a JUnit XML report to PATH")
+    parser.add_argument(
+        "--junit-xml", metavar="PATH", help="write a JUnit XML report to PATH (a file; '-' is refused)"
+    )
     parser.add_argument(
         "--capture",
         action="store_true",
@@ -128,8 +145,10 @@ def _common_parser(plugins: Plugins | None) -> argparse.ArgumentParser:
 
 
 _EPILOG: Final = (
-    "exit codes: 0 every child ok, 1 some child not ok, 2 usage, configuration or plugin error "
-    "(nothing forked), 130 interrupted (children terminated and reaped first)"
+    "exit codes: 0 every child ok; 1 something failed after forking (a child not ok, a plugin's "
+    "report/finished hook, a refused fork, a report file); 2 usage, configuration or plugin "
+    "error (nothing forked); 130 interrupted (children terminated and reaped first); 141 stdout "
+    "closed by its reader (children still finished and were reaped)"
 )
 
 
@@ -156,20 +175,9 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
         description="Print the plugins found and the children each contributes, without forking.",
     )
     check = sub.add_parser("check", help="type-check plugin code with mypy and the divergefork plugin")
-    # -- check wiring (the mypy gate): _check.configure sets check_main on the namespace. --
-    try:
-        from . import _check  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # until the mypy gate lands
-        pass
-    else:
-        _check.configure(check)
+    _check.configure(check)
     demo = sub.add_parser("demo", help="demonstrations (demo race: the shared-counter race)")
-    try:
-        from . import _demo  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # until the demo lands
-        pass
-    else:
-        _demo.configure(demo)
+    _demo.configure(demo)
     return parser
 
 
@@ -211,8 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(arguments)
     except KeyboardInterrupt:
         # Interrupted outside a run (while plugins load, say): nothing was forked.
-        print("divergefork: interrupted", file=sys.stderr)
+        with suppress(OSError):
+            print("divergefork: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # A reader went away where no finer handling applies (`divergefork --help | head -1`).
+        _to_devnull(sys.stdout)
+        _to_devnull(sys.stderr)
+        return EXIT_BROKEN_PIPE
 
 
 def _main(argv: list[str]) -> int:
@@ -232,31 +246,35 @@ def _main(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    if args.command in _PLUGIN_COMMANDS:
-        assert plugins is not None
-        try:
-            if args.command == "list":
-                return _list(args, plugins)
-            return _run(args, plugins)
-        except PluginError as exc:
-            _print_plugin_error(exc, want_traceback)
-            return EXIT_USAGE
-    if args.command == "check" and hasattr(args, "check_main"):
-        check_code: int = args.check_main(args)
-        return check_code
-    if args.command == "demo" and hasattr(args, "demo_main"):
-        code: int = args.demo_main(args)
-        return code
-    print(f"divergefork {args.command}: not implemented yet in this version", file=sys.stderr)
-    return EXIT_USAGE
+    if args.command == "check":
+        return _check.main(args)
+    if args.command == "demo":
+        return _demo.main(args)
+    assert args.command in _PLUGIN_COMMANDS and plugins is not None
+    pipe = _Pipe()
+    try:
+        if args.command == "list":
+            return _list(args, plugins, pipe)
+        return _run(args, plugins, pipe, want_traceback)
+    except PluginError as exc:
+        _print_plugin_error(exc, want_traceback)
+        return EXIT_USAGE
 
 
 def _print_plugin_error(exc: PluginError, want_traceback: bool) -> None:
+    """A plugin error before anything was forked."""
+    _print_traceback(exc, want_traceback)
+    print(f"divergefork: error: {exc}", file=sys.stderr)
+    print(f"divergefork: nothing was forked{_traceback_hint(want_traceback)}", file=sys.stderr)
+
+
+def _print_traceback(exc: PluginError, want_traceback: bool) -> None:
     if want_traceback:
         sys.stderr.write("".join(traceback.format_exception(exc.__cause__ or exc)))
-    print(f"divergefork: error: {exc}", file=sys.stderr)
-    hint = "" if want_traceback else f" (--traceback or {TRACEBACK_ENV}=1 shows the full traceback)"
-    print(f"divergefork: nothing was forked{hint}", file=sys.stderr)
+
+
+def _traceback_hint(want_traceback: bool) -> str:
+    return "" if want_traceback else f" (--traceback or {TRACEBACK_ENV}=1 shows the full traceback)"
 
 
 def _usage_error(command: str, message: str) -> int:
@@ -267,26 +285,23 @@ def _usage_error(command: str, message: str) -> int:
 # -- list --------------------------------------------------------------------------------------
 
 
-def _list(args: argparse.Namespace, plugins: Plugins) -> int:
-    out = sys.stdout
+def _list(args: argparse.Namespace, plugins: Plugins, pipe: _Pipe) -> int:
     collected = plugins.collect(Config(args, plugins.pm))
+    lines: list[str] = []
     if not plugins.plugins:
-        print(
-            "no plugins found: install a distribution with a 'divergefork' entry point, "
-            "or pass -p MODULE",
-            file=out,
+        lines.append(
+            "no plugins found: install a distribution with a 'divergefork' entry point, or pass -p MODULE"
         )
     else:
         rows = [
             [plugin.name, plugin.distribution or f"-p {plugin.module}", f"module {plugin.module}"]
             for plugin in plugins.plugins
         ]
-        print(f"plugins ({len(rows)}):", file=out)
-        for line in _columns(rows):
-            print("  " + line, file=out)
+        lines.append(f"plugins ({len(rows)}):")
+        lines += ["  " + line for line in _columns(rows)]
     if plugins.blocked:
-        print(f"blocked: {', '.join(plugins.blocked)}", file=out)
-    print(f"children ({len(collected)}):", file=out)
+        lines.append(f"blocked: {', '.join(plugins.blocked)}")
+    lines.append(f"children ({len(collected)}):")
     rows = []
     for item in collected:
         spec = item.spec
@@ -295,9 +310,9 @@ def _list(args: argparse.Namespace, plugins: Plugins) -> int:
         if spec.capture:
             details.append("capture")
         rows.append([spec.name, *details])
-    for line in _columns(rows):
-        print("  " + line, file=out)
-    return EXIT_OK
+    lines += ["  " + line for line in _columns(rows)]
+    pipe.emit(sys.stdout, "".join(line + "\n" for line in lines))
+    return EXIT_BROKEN_PIPE if pipe.broken else EXIT_OK
 
 
 def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -310,8 +325,15 @@ def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
 # -- run ---------------------------------------------------------------------------------------
 
 
-def _run(args: argparse.Namespace, plugins: Plugins) -> int:
-    collected = plugins.collect(Config(args, plugins.pm))
+def _run(args: argparse.Namespace, plugins: Plugins, pipe: _Pipe, want_traceback: bool) -> int:
+    if args.junit_xml == "-":
+        return _usage_error(
+            "run",
+            "--junit-xml -: JUnit XML cannot go to stdout, where it would mix with the table; "
+            "give a file name (e.g. --junit-xml report.xml), or use --json - for a report on stdout",
+        )
+    with _hook_stdout(args):
+        collected = plugins.collect(Config(args, plugins.pm))
     names = [item.spec.name for item in collected]
     unknown = [name for name in args.only if name not in names]
     if unknown:
@@ -330,7 +352,14 @@ def _run(args: argparse.Namespace, plugins: Plugins) -> int:
         problem = _output_path_problem(path)
         if problem:
             return _usage_error("run", f"{option} {path}: {problem}")
-    return _Run(args, plugins, selected).execute()
+    return _Run(args, plugins, selected, pipe, want_traceback).execute()
+
+
+def _hook_stdout(args: argparse.Namespace) -> AbstractContextManager[object]:
+    """Around plugin hooks: with ``--json -``, what a hook prints goes to stderr, not into the JSON."""
+    if args.json == "-":
+        return contextlib.redirect_stdout(sys.stderr)
+    return nullcontext()
 
 
 def _output_path_problem(path: str | None) -> str | None:
@@ -357,26 +386,38 @@ def _deadline(own: float | None, cap: float | None) -> float | None:
 class _Run:
     """One ``divergefork run``: fork through a ``Scope``, print, write files, pick the exit code."""
 
-    def __init__(self, args: argparse.Namespace, plugins: Plugins, selected: list[Collected]) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        plugins: Plugins,
+        selected: list[Collected],
+        pipe: _Pipe,
+        want_traceback: bool,
+    ) -> None:
         self.args = args
         self.plugins = plugins
         self.selected = selected
+        self.pipe = pipe
+        self.want_traceback = want_traceback
         json_to_stdout = args.json == "-"
         # With `--json -` stdout carries the JSON document and nothing else.
         self.out: TextIO = sys.stderr if json_to_stdout else sys.stdout
         # Children inherit our stdout: with `--json -` their output must be captured too.
         self.capture_all = bool(args.capture) or json_to_stdout
-        self.progress = _Progress(sys.stderr, len(selected), in_place=self.capture_all)
+        self.progress = _Progress(sys.stderr, len(selected), pipe, in_place=self.capture_all)
         width = max(len(item.spec.name) for item in selected)
-        self.lines = _LinePrinter(self.out, sys.stderr, width, self.progress) if args.capture else None
+        self.lines = _LinePrinter(self.out, sys.stderr, width, self.progress, pipe) if args.capture else None
         self.reports: list[Report] = []
-        self.hook_error: PluginError | None = None
+        self.hook_errors: list[PluginError] = []
+        #: Plugins whose report hook raised: not called again in this run.
+        self.failed_plugins: set[str] = set()
 
     def execute(self) -> int:
         # Captured output is printed line by line as the scope's loop reads it.
         on_output = None if self.lines is None else self.lines.feed
         started = time.monotonic()
         interrupted = False
+        refused: DivergeforkError | None = None
         scope = Scope(max_parallel=self.args.jobs, on_output=on_output)
         try:
             with scope:
@@ -396,33 +437,76 @@ class _Run:
             interrupted = True
             # The scope terminated and reaped every child before re-raising; its reports say so.
             self.reports = list(scope.reports)
-        except DivergeforkError as exc:  # ForkUnsafeError: a plugin started a thread, say
-            self.progress.clear()
-            return _usage_error("run", f"cannot fork: {exc}")
+        except DivergeforkError as exc:
+            # A fork refused (ForkUnsafeError: a plugin hook started a thread, say). The scope
+            # cancelled and reaped the other children; their reports are kept and shown.
+            refused = exc
+            self.reports = list(scope.reports)
+            # The child whose fork was refused is in no report of the scope: say what became of it.
+            reported = {report.name for report in self.reports}
+            self.reports += [
+                Report(
+                    name=item.spec.name,
+                    pid=0,
+                    outcome=Outcome.CANCELLED,
+                    error=f"never forked: the fork was refused ({exc})",
+                )
+                for item in self.selected
+                if item.spec.name not in reported
+            ]
         self.progress.clear()
         elapsed = time.monotonic() - started
-        if not interrupted and self.hook_error is None:
-            try:
-                self.plugins.finished(list(self.reports))
-            except PluginError as exc:
-                self.hook_error = exc
+        if not interrupted and refused is None:
+            with _hook_stdout(self.args):
+                errors = self.plugins.finished(list(self.reports), skip=self.failed_plugins)
+            self.hook_errors += errors
         ordered = self._ordered()
         self._print_table(ordered, elapsed, interrupted)
         written = self._write_files(ordered)
+        for error in self.hook_errors:
+            _print_traceback(error, self.want_traceback)
+            print(f"divergefork run: error: {error}", file=sys.stderr)
+        if self.hook_errors:
+            print(
+                "divergefork run: the children ran to their end; a failing plugin was not called "
+                f"again{_traceback_hint(self.want_traceback)}",
+                file=sys.stderr,
+            )
         if interrupted:
             cancelled = sum(report.outcome is Outcome.CANCELLED for report in ordered)
+            were = "1 child was" if cancelled == 1 else f"{cancelled} children were"
             print(
-                f"divergefork run: interrupted; {cancelled} children were cancelled "
-                "(terminated and reaped, or never started)",
+                f"divergefork run: interrupted; {were} cancelled (terminated and reaped, or never started)",
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
-        if not written:
-            return EXIT_USAGE
-        if self.hook_error is not None:
-            print(f"divergefork: error: {self.hook_error}", file=sys.stderr)
-            return EXIT_USAGE
+        if self.pipe.broken:
+            return EXIT_BROKEN_PIPE
+        if refused is not None:
+            return self._refused(refused, ordered)
+        if not written or self.hook_errors:
+            return EXIT_FAILED
         return EXIT_OK if all(report.ok for report in ordered) else EXIT_FAILED
+
+    def _refused(self, exc: DivergeforkError, reports: Sequence[Report]) -> int:
+        forked = sum(report.pid != 0 for report in reports)
+        if not forked:
+            return _usage_error("run", f"cannot fork: {exc}; nothing was forked")
+        if self.plugins.thread_starter is not None:
+            culprit = f" A thread was started by {self.plugins.thread_starter}."
+        elif self.plugins.last_call is not None:
+            culprit = f" The last plugin hook that ran before it was {self.plugins.last_call}."
+        else:
+            culprit = ""
+        print(
+            f"divergefork run: error: a fork was refused after {forked} of {len(self.selected)} "
+            f"children had started, so the rest were cancelled: {exc}.{culprit} A plugin hook "
+            "that starts a thread (and leaves it running) makes every later fork unsafe, and "
+            "threads at fork are refused: stop the thread before the hook returns, or run "
+            "without --jobs so that every child is forked before the first hook runs.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
     def _reaped(self, report: Report) -> None:
         self.reports.append(report)
@@ -430,13 +514,15 @@ class _Run:
         self.progress.clear()
         if self.lines is not None:
             self.lines.flush(report.name)
-        if self.hook_error is None:
-            # A broken observer must not cancel children that are running fine: remember the
-            # error, stop calling hooks, and report it (exit 2) once all children are reaped.
-            try:
-                self.plugins.report(report)
-            except PluginError as exc:
-                self.hook_error = exc
+        # A broken observer must not cancel children that are running fine, nor silence the
+        # other plugins: remember its error, stop calling it, report it once all are reaped.
+        with _hook_stdout(self.args):
+            errors = self.plugins.report(report, skip=self.failed_plugins)
+        for error in errors:
+            self.hook_errors.append(error)
+            owner = self.plugins.owner_of(error)
+            if owner is not None:
+                self.failed_plugins.add(owner.name)
         self.progress.show(self.reports)
 
     def _ordered(self) -> list[Report]:
@@ -445,7 +531,6 @@ class _Run:
         return sorted(self.reports, key=lambda report: position.get(report.name, len(position)))
 
     def _print_table(self, reports: Sequence[Report], elapsed: float, interrupted: bool) -> None:
-        out = self.out
         rows = [["NAME", "PID", "OUTCOME", "EXIT", "DURATION", "MAX RSS"]]
         for report in reports:
             rows.append(
@@ -458,26 +543,28 @@ class _Run:
                     _size(report.max_rss),
                 ]
             )
-        for line in _columns(rows):
-            print(line, file=out)
+        lines = _columns(rows)
         bad = [report for report in reports if not report.ok]
         summary = f"{len(reports)} {'child' if len(reports) == 1 else 'children'}: {len(reports) - len(bad)} ok"
         if bad:
             summary += f", {len(bad)} not ok ({', '.join(f'{r.name} {r.describe()}' for r in bad)})"
         if interrupted:
             summary += ", interrupted"
-        print(f"{summary} in {elapsed:.2f}s", file=out)
+        lines.append(f"{summary} in {elapsed:.2f}s")
         for report in bad:
             if report.error:
-                print(f"\n--- {report.name} (pid {report.pid}): {report.describe()} ---", file=out)
-                print(report.error.rstrip("\n"), file=out)
-        out.flush()
+                lines.append(f"\n--- {report.name} (pid {report.pid}): {report.describe()} ---")
+                lines.append(report.error.rstrip("\n"))
+        self.pipe.emit(self.out, "".join(line + "\n" for line in lines))
 
     def _write_files(self, reports: Sequence[Report]) -> bool:
         ok = True
         if self.args.json is not None:
             text = json.dumps([report.to_dict() for report in reports], indent=2) + "\n"
-            ok &= _write("--json", self.args.json, text)
+            if self.args.json == "-":
+                self.pipe.emit(sys.stdout, text)
+            else:
+                ok &= _write("--json", self.args.json, text)
         if self.args.junit_xml is not None:
             owners = {item.spec.name: item.plugin.name for item in self.selected}
             ok &= _write("--junit-xml", self.args.junit_xml, junit_xml(reports, owners))
@@ -503,6 +590,40 @@ def _size(count: int) -> str:
 
 
 @final
+class _Pipe:
+    """Writes the command's output; copes with a reader that goes away (``... | head``).
+
+    On ``BrokenPipeError`` the stream's descriptor is pointed at ``/dev/null``, as the Python
+    documentation recommends (signal module, "Note on SIGPIPE"): later writes, and the
+    interpreter's final flush, then succeed silently. The run goes on, so children are not
+    cancelled for it; ``broken`` makes the exit code 141.
+    """
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def emit(self, stream: TextIO, text: str) -> None:
+        try:
+            stream.write(text)
+            stream.flush()
+        except BrokenPipeError:
+            self.broken = True
+            _to_devnull(stream)
+
+
+def _to_devnull(stream: TextIO) -> None:
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return  # not a real file (a test's capture): nothing at the descriptor level to fix
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+@final
 class _Progress:
     """Live progress on stderr, only when stderr is a terminal.
 
@@ -512,9 +633,10 @@ class _Progress:
     line of its own instead.
     """
 
-    def __init__(self, stream: TextIO, total: int, *, in_place: bool) -> None:
+    def __init__(self, stream: TextIO, total: int, pipe: _Pipe, *, in_place: bool) -> None:
         self.stream = stream
         self.total = total
+        self.pipe = pipe
         self.enabled = _isatty(stream)
         self.in_place = in_place
         self.shown = False
@@ -530,16 +652,14 @@ class _Progress:
             last = reports[-1]
             text += f" (last: {last.name} {last.describe()} in {last.duration:.2f}s)"
         if self.in_place:
-            self.stream.write("\r\x1b[K" + text)
+            self.pipe.emit(self.stream, "\r\x1b[K" + text)
             self.shown = True
         elif reports:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+            self.pipe.emit(self.stream, text + "\n")
 
     def clear(self) -> None:
         if self.shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+            self.pipe.emit(self.stream, "\r\x1b[K")
             self.shown = False
 
 
@@ -554,11 +674,12 @@ def _isatty(stream: TextIO) -> bool:
 class _LinePrinter:
     """Prints children's output line by line, each line prefixed with the child's name."""
 
-    def __init__(self, out: TextIO, err: TextIO, width: int, progress: _Progress) -> None:
+    def __init__(self, out: TextIO, err: TextIO, width: int, progress: _Progress, pipe: _Pipe) -> None:
         self.out = out
         self.err = err
         self.width = width
         self.progress = progress
+        self.pipe = pipe
         self.pending: dict[tuple[str, str], bytes] = {}
 
     def feed(self, name: str, stream: str, chunk: bytes) -> None:
@@ -578,11 +699,12 @@ class _LinePrinter:
                 self._emit(name, stream, rest)
 
     def _emit(self, name: str, stream: str, line: bytes) -> None:
+        # Called from the scope's loop: raising here would cancel every child, so a reader
+        # that went away (BrokenPipeError) is absorbed by the pipe, not raised.
         target = self.err if stream == "stderr" else self.out
         text = line.rstrip(b"\r").decode("utf-8", "replace")
         self.progress.clear()  # redrawn at the next reap
-        target.write(f"{name.ljust(self.width)} | {text}\n")
-        target.flush()
+        self.pipe.emit(target, f"{name.ljust(self.width)} | {text}\n")
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -627,10 +749,6 @@ def junit_xml(reports: Sequence[Report], owners: dict[str, str] | None = None) -
 
 
 def _write(option: str, path: str, text: str) -> bool:
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return True
     try:
         write_atomic(path, text)
     except OSError as exc:

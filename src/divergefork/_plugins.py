@@ -5,15 +5,21 @@ installed distribution's entry point in the group ``divergefork``, or named on t
 line with ``-p MODULE``; ``-p no:NAME`` blocks one by entry-point name or module name.
 
 Every way a plugin can be broken becomes a :class:`PluginError` that names the plugin (entry
-point and distribution, or the ``-p`` module) and says what to fix, raised *before* anything
-is forked: an import error, a hookimpl pluggy rejects or that names no divergefork hook, an
-exception inside a hook, a ``divergefork_children`` result that is not an iterable of
-``ChildSpec``, or two children with one name. The original exception stays on
-``__cause__`` so a command line can show the full traceback on request.
+point and distribution, or the ``-p`` module) and says what to fix. Loading and collecting
+happen before anything is forked, so these errors mean nothing was forked: an import error, a
+hookimpl pluggy rejects or that names no divergefork hook, an exception inside
+``divergefork_addoption`` or ``divergefork_children``, a ``divergefork_children`` result that
+is not an iterable of ``ChildSpec``, or two children with one name. ``divergefork_report`` and
+``divergefork_finished`` run after children were forked; :meth:`Plugins.report` and
+:meth:`Plugins.finished` return their errors instead of raising, so that one broken observer
+does not keep the others from being called. The original exception stays on ``__cause__`` so
+a command line can show the full traceback on request.
 
 Hooks are called one plugin at a time (a subset hook caller per plugin) rather than through
 ``pm.hook.X(...)``: pluggy's combined call would lose which plugin returned what or raised.
-Nothing here prints, exits or forks.
+The order is load order, except that ``tryfirst``/``trylast`` implementations move to the
+front/back; a ``hookwrapper``/``wrapper`` implementation wraps only its own plugin's call (see
+``_hookspecs``). Nothing here prints, exits or forks.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import importlib
 import inspect
 import os
 import re
+import sysconfig
+import threading
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Final, final
@@ -100,14 +108,39 @@ def _distribution(ep: metadata.EntryPoint) -> str:
     return f"{dist.name} {dist.version}"
 
 
+def _stdlib_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The standard library's directories, and the site directories that may sit inside them."""
+    paths = sysconfig.get_paths()
+    stdlib = tuple(os.path.join(paths[key], "") for key in ("stdlib", "platstdlib"))
+    site = tuple(os.path.join(paths[key], "") for key in ("purelib", "platlib"))
+    return stdlib, site
+
+
+_STDLIB, _SITE = _stdlib_dirs()
+# Our own frames and pluggy's (the hook call) are never where a plugin went wrong either.
+_HOSTS: Final = tuple(os.path.join(os.path.dirname(module.__file__ or ""), "") for module in (_hookspecs, pluggy))
+
+
+def _is_users_frame(filename: str) -> bool:
+    # Frames of the import machinery (frozen or importlib/) and of other stdlib modules say
+    # nothing about where the plugin went wrong; the plugin's own last line does.
+    if filename.startswith("<frozen ") or filename.startswith(_HOSTS):
+        return False
+    return not filename.startswith(_STDLIB) or filename.startswith(_SITE)
+
+
 def _exception_text(exc: BaseException) -> str:
-    """The last line of the traceback plus where it was raised: what a user reads first."""
+    """The last line of the traceback plus where it was raised: what a user reads first.
+
+    The location is the last frame outside the standard library, and is left out when there
+    is none (``-p nosuchmod``: the whole traceback is importlib's).
+    """
     last = "".join(traceback.format_exception_only(exc)).strip().splitlines()
     text = last[-1] if last else type(exc).__name__
     if isinstance(exc, SyntaxError) and exc.filename:
         # The traceback of a SyntaxError ends in the import machinery, not at the bad line.
         return f"{text} (at {exc.filename}:{exc.lineno})"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen ")]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_users_frame(f.filename)]
     if frames:
         where = frames[-1]
         text += f" (at {where.filename}:{where.lineno}, in {where.name})"
@@ -139,17 +172,25 @@ class Plugins:
     modules in command-line order; hooks are called and children collected in that order.
     """
 
-    __slots__ = ("pm", "plugins", "blocked")
+    __slots__ = ("pm", "plugins", "blocked", "last_call", "thread_starter")
 
     pm: Final[pluggy.PluginManager]
     plugins: Final[list[Plugin]]
     blocked: Final[list[str]]
+    #: The last hook called and whose it was (``"divergefork_report of plugin 'x' (...)"``),
+    #: for errors that show up later because of what a hook did (a thread it started, say).
+    last_call: str | None
+    #: The last hook call that left more threads running than before it (same wording): the
+    #: likely reason a later fork is refused with ``threads="refuse"``.
+    thread_starter: str | None
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(_hookspecs)
         self.plugins = []
         self.blocked = []
+        self.last_call = None
+        self.thread_starter = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -268,16 +309,29 @@ class Plugins:
     def _call(self, plugin: Plugin, hookname: str, kwargs: Mapping[str, object]) -> list[object]:
         others = [p.obj for p in self.plugins if p.obj is not plugin.obj]
         caller = self.pm.subset_hook_caller(hookname, remove_plugins=others)
+        self.last_call = f"{hookname} of plugin {plugin.label}"
+        threads = threading.active_count()
         try:
             results: list[object] = caller(**kwargs)
         except (Exception, SystemExit) as exc:  # SystemExit: a plugin must not end the run
             raise PluginError(plugin.label, _hook_failure(plugin, hookname, exc)) from exc
+        finally:
+            if threading.active_count() > threads:
+                self.thread_starter = self.last_call
         return results
 
     def _implementing(self, hookname: str) -> list[Plugin]:
+        """The plugins implementing ``hookname``, in the order they are called.
+
+        Load order, made stable-sorted so ``tryfirst`` implementations come first and
+        ``trylast`` ones last, as they would in one ``pm.hook`` call.
+        """
         caller = getattr(self.pm.hook, hookname)
-        objs = [impl.plugin for impl in caller.get_hookimpls()]
-        return [plugin for plugin in self.plugins if any(obj is plugin.obj for obj in objs)]
+        rank: dict[int, int] = {}
+        for impl in caller.get_hookimpls():
+            rank[id(impl.plugin)] = 0 if impl.tryfirst else 2 if impl.trylast else 1
+        implementing = [plugin for plugin in self.plugins if id(plugin.obj) in rank]
+        return sorted(implementing, key=lambda plugin: rank[id(plugin.obj)])
 
     def add_options(self, parser: argparse.ArgumentParser, reserved: Iterable[str] = ()) -> None:
         """Call every plugin's ``divergefork_addoption(parser)``.
@@ -326,15 +380,37 @@ class Plugins:
                     collected.append(Collected(plugin, spec))
         return collected
 
-    def report(self, report: Report) -> None:
-        """``divergefork_report(report)`` for every plugin."""
-        for plugin in self._implementing("divergefork_report"):
-            self._call(plugin, "divergefork_report", {"report": report})
+    def report(self, report: Report, *, skip: Collection[str] = ()) -> list[PluginError]:
+        """``divergefork_report(report)`` for every plugin whose name is not in ``skip``.
 
-    def finished(self, reports: Sequence[Report]) -> None:
-        """``divergefork_finished(reports)`` for every plugin."""
-        for plugin in self._implementing("divergefork_finished"):
-            self._call(plugin, "divergefork_finished", {"reports": reports})
+        Returns the errors, one ``PluginError`` per plugin whose hook raised, instead of
+        raising the first: children are running, and one broken observer must neither cancel
+        them nor keep the other plugins from seeing the report. A caller usually passes the
+        names of plugins that failed before as ``skip``.
+        """
+        return self._observe("divergefork_report", {"report": report}, skip)
+
+    def finished(self, reports: Sequence[Report], *, skip: Collection[str] = ()) -> list[PluginError]:
+        """``divergefork_finished(reports)`` for every plugin not in ``skip``; the errors.
+
+        Like :meth:`report`: a plugin that fails does not keep the others from being called.
+        """
+        return self._observe("divergefork_finished", {"reports": reports}, skip)
+
+    def _observe(self, hookname: str, kwargs: Mapping[str, object], skip: Collection[str]) -> list[PluginError]:
+        errors: list[PluginError] = []
+        for plugin in self._implementing(hookname):
+            if plugin.name in skip:
+                continue
+            try:
+                self._call(plugin, hookname, kwargs)
+            except PluginError as exc:
+                errors.append(exc)
+        return errors
+
+    def owner_of(self, error: PluginError) -> Plugin | None:
+        """The plugin a ``PluginError`` from this manager names, if it is a loaded one."""
+        return next((plugin for plugin in self.plugins if plugin.label == error.plugin), None)
 
 
 def _hook_failure(plugin: Plugin, hookname: str, exc: BaseException) -> str:
