@@ -6,6 +6,17 @@ copy-on-write copy, but the counter lives in a ``MAP_SHARED`` mapping, so every 
 the same physical word. ``divergefork_finished`` reads the counter back in the parent and prints
 it against the expected count.
 
+Why the counter is created during collection, and what that costs: it must exist in the
+parent before the first child is forked (each child inherits the mapping), and
+``divergefork_children`` is the last hook before forking, so it cannot be made lazily later.
+Creating it maps one anonymous shared page (plus, for ``lock`` and ``sharded``, a POSIX
+semaphore that is unlinked at once; for ``atomic``, loading libatomic). Nothing outside the
+process is touched, so ``divergefork list``, ``--only`` leaving out the race children, or a
+run rejected before forking merely map it for nothing: the mapping goes away with the
+process. ``divergefork list --race-sync atomic`` does fail where libatomic is missing, as the
+run would. ``divergefork_finished`` closes the counter; a second collection in one process
+closes the first counter before lending a new one.
+
 The default, ``--race-sync sharded``, is exact. ``divergefork run --race-sync none`` shows the
 lesson of ``divergefork demo race``: the children still all exit 0, yet the count comes up short.
 """
