@@ -657,3 +657,13 @@ def test_failed_fork_leaks_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["refused", "same fds"], proc.stderr
     assert proc.stderr == "", "the handle of a child that was never forked must not close anything"
+
+
+def test_parent_death_signal_is_set_in_the_child() -> None:
+    def report_pdeathsig(_: None) -> NoReturn:
+        df.exit_child(0, result=_linux.parent_death_signal())
+
+    if not _linux.HAVE_PDEATHSIG:
+        pytest.skip("no PR_SET_PDEATHSIG on this platform")
+    assert df.fork(None, report_pdeathsig).wait().result == signal.SIGKILL
+    assert df.fork(None, report_pdeathsig, on_parent_exit="keep").wait().result == 0

@@ -44,6 +44,9 @@ T = TypeVar("T")
 MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
 
 _HEADER: Final = struct.Struct("!cI")
+_SIGKILL: Final = int(signal.SIGKILL)
+_PR_SET_PDEATHSIG: Final = 1
+_prctl: Final = _linux.prctl_function()
 
 # The write end of this process's status pipe, set in the child right after fork; -1 in any
 # other process. Every fork resets it (see the at-fork hook below), so a process forked from a
@@ -85,11 +88,14 @@ def run(
                 except OSError:
                     pass
             if kill_on_parent_exit:
-                _linux.set_parent_death_signal(signal.SIGKILL)
+                # Called directly with int constants: every object touched here is a page
+                # copied in the child (see _linux).
+                if _prctl is not None:
+                    _prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
                 # The parent may have died before prctl ran; then we were reparented and the
                 # death signal will never come.
                 if os.getppid() != parent_pid:
-                    code = 128 + signal.SIGKILL
+                    code = 128 + _SIGKILL
                     _exit(code)
             if reset_sigterm:
                 # A Python SIGTERM handler inherited from the parent would turn a deadline
