@@ -129,7 +129,10 @@ def divergefork_report(report: Report) -> None:
     """Observe one child's report, in the parent, as soon as that child is reaped.
 
     Called in the order children end, possibly while others still run. Must not block for
-    long: other children's deadlines are enforced by the same loop. The return value is ignored.
+    long: other children's deadlines are enforced by the same loop, and must not leave a thread
+    running: later forks would be refused. An exception is reported naming the plugin once all
+    children are reaped (exit 1); the children are not cancelled, the other plugins are still
+    called, and this plugin's hooks are not called again in the run. The return value is ignored.
     """
 
 
@@ -137,8 +140,11 @@ def divergefork_report(report: Report) -> None:
 def divergefork_finished(reports: Sequence[Report]) -> None:
     """Observe all reports, in the parent, after the last child was reaped.
 
-    ``reports`` is in the order children ended. Called also when some children failed, and
-    not called when the run was interrupted. The return value is ignored.
+    ``reports`` is in the order children ended. Called also when some children failed; not
+    called when the run was interrupted or a fork was refused part way through (the other
+    children were then cancelled), nor for a plugin whose ``divergefork_report`` raised. An
+    exception here is reported naming the plugin (exit 1) and does not keep the other plugins'
+    ``divergefork_finished`` from being called. The return value is ignored.
     """
 
 
