@@ -170,9 +170,6 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
         len(_active) + len(_limbo) != 1 if _active else threading.active_count() != 1
     ):
         _threads_at_fork(options.threads)
-    name = options.name or getattr(entry, "__qualname__", None)
-    if name.__class__ is not str:
-        name = entry_name(entry)
     if _orphans:
         _reap_orphans()
 
@@ -196,7 +193,7 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
         # Everything the parent needs is built before the fork: while the child lives, each
         # page the parent writes is copied (a few microseconds a page), so the parent does
         # as little as possible between fork and wait.
-        child = Child(name, options, status_r, capture)
+        child = Child(entry, options, status_r, capture)
         child.started = time.monotonic()
         pid = os.fork()
     except BaseException:
@@ -245,7 +242,8 @@ class Child:
 
     __slots__ = (
         "pid",
-        "name",
+        "_name",
+        "_entry",
         "pidfd",
         "status_fd",
         "out_fd",
@@ -267,15 +265,16 @@ class Child:
 
     def __init__(
         self,
-        name: str,
+        entry: Callable[..., object],
         options: Options,
         status_fd: int,
         capture: tuple[int, int, int, int] | None,
     ) -> None:
         #: The child's process id (read-only).
         self.pid = 0
-        #: The child's name in reports (read-only).
-        self.name = name
+        # The default name is computed when first asked for, not while forking.
+        self._name = options.name
+        self._entry = entry
         self.pidfd: int | None = None
         self.status_fd = status_fd
         self.out_fd = -1 if capture is None else capture[0]
@@ -296,6 +295,14 @@ class Child:
         self.report: Report | None = None
         self.waiter: Waiter | None = None
         self.owner = _pid
+
+    @property
+    def name(self) -> str:
+        """The child's name in reports: ``name=`` or the entry's qualified name."""
+        name = self._name
+        if name is None:
+            name = self._name = entry_name(self._entry)
+        return name
 
     def __repr__(self) -> str:
         state = "running" if self.report is None else self.report.describe()
