@@ -667,3 +667,129 @@ def test_parent_death_signal_is_set_in_the_child() -> None:
         pytest.skip("no PR_SET_PDEATHSIG on this platform")
     assert df.fork(None, report_pdeathsig).wait().result == signal.SIGKILL
     assert df.fork(None, report_pdeathsig, on_parent_exit="keep").wait().result == 0
+
+
+# --- found in review: each of these once misbehaved ----------------------------------------
+
+
+def test_child_that_ended_before_its_deadline_is_not_timed_out_when_waited_late() -> None:
+    child = df.fork(None, exit_42, timeout=0.1, grace=5)
+    time.sleep(0.4)  # the deadline passes while nobody waits
+    report = child.wait()
+    assert report.outcome is df.Outcome.EXITED and report.exit_code == 42
+    assert report.error is None
+
+
+def test_exec_arguments_that_cannot_be_execed_are_raised_not_execed() -> None:
+    report = df.fork(["echo\0oops"], exec_program).wait()
+    assert report.outcome is df.Outcome.RAISED
+    assert not report.execed
+    assert report.error is not None and "NUL" in report.error
+
+
+def test_exec_env_must_be_strings() -> None:
+    def entry(_: None) -> NoReturn:
+        df.exec_child(["true"], env={"A": 1})  # type: ignore[dict-item]
+
+    report = df.fork(None, entry).wait()
+    assert report.outcome is df.Outcome.RAISED and not report.execed
+
+
+def test_execed_program_gets_default_sigpipe() -> None:
+    # Python ignores SIGPIPE for itself; a shell pipeline must not inherit that.
+    def entry(_: None) -> NoReturn:
+        df.exec_child(["sh", "-c", "grep SigIgn /proc/self/status"])
+
+    report = df.fork(None, entry, capture=True).wait()
+    ignored = int(report.stdout.split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1))
+    assert not ignored & (1 << (signal.SIGXFSZ - 1))
+
+
+def test_child_that_closed_its_status_pipe_never_writes_into_its_own_files(tmp_path: Path) -> None:
+    target = tmp_path / "user-data"
+
+    def daemonish(_: None) -> NoReturn:
+        os.closerange(3, 4096)
+        with open(target, "w") as f:  # likely reuses the status pipe's descriptor number
+            f.write("mine")
+            f.flush()
+            df.exit_child(0, result={"lost": True})
+
+    report = df.fork(None, daemonish, capture=True).wait()
+    assert target.read_text() == "mine"
+    assert report.exit_code == 0 and report.result is None
+    assert b"closed its status pipe" in report.stderr
+
+
+def test_huge_traceback_is_truncated_keeping_its_end() -> None:
+    def loud(_: None) -> NoReturn:
+        raise ValueError("x" * (2 * 1024 * 1024) + " the end")
+
+    report = df.fork(None, loud).wait()
+    assert report.outcome is df.Outcome.RAISED
+    assert report.error is not None
+    assert report.error.rstrip().endswith("the end")
+    assert len(report.error) < 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("code", [256, -1])
+def test_exit_code_out_of_range_is_an_error_not_a_silent_success(code: int) -> None:
+    def entry(_: None) -> NoReturn:
+        df.exit_child(code)
+
+    report = df.fork(None, entry).wait()
+    assert report.outcome is df.Outcome.RAISED
+    assert report.error is not None and "between 0 and 255" in report.error
+
+
+def test_interrupts_during_the_fork_loop_never_lose_a_child() -> None:
+    # A KeyboardInterrupt raised right after fork() returned used to lose the child's pid.
+    previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+    interrupted = 0
+    try:
+        for attempt in range(25):
+            signal.setitimer(signal.ITIMER_REAL, 0.001 + attempt * 0.0015)
+            try:
+                with df.Scope(capture=True, grace=1) as scope:
+                    for _ in range(15):
+                        scope.fork(None, sleep_forever)
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    scope.fork(None, exit_42)
+                    for child_report in scope.as_completed():
+                        if child_report.exit_code == 42:
+                            raise LookupError("done")
+            except KeyboardInterrupt:
+                interrupted += 1
+            except LookupError:
+                pass
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            assert not child_pids(), f"attempt {attempt} left children behind"
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert interrupted > 0  # the interrupts really landed inside the loop
+
+
+CAPTURE_EMFILE_SCRIPT = """
+import os, resource, divergefork as df
+def entry(_):
+    df.exit_child(0)
+before = sorted(os.listdir("/proc/self/fd"))
+# Room for the status pipe and one capture pipe, not the second one.
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(before) + 4, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    df.fork(None, entry, capture=True)
+    print("forked")
+except OSError as exc:
+    print("refused", exc.errno)
+print("same fds" if sorted(os.listdir("/proc/self/fd")) == before else "leaked fds")
+"""
+
+
+def test_running_out_of_descriptors_for_capture_leaks_none() -> None:
+    proc = subprocess.run(python_command(CAPTURE_EMFILE_SCRIPT), capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("refused"), proc.stdout
+    assert lines[1] == "same fds"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import struct
 import sys
 import traceback
@@ -42,11 +43,18 @@ T = TypeVar("T")
 
 #: The largest JSON ``result`` (UTF-8 bytes) :func:`exit_child` sends back.
 MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
+#: The most of a traceback sent to the parent (its end is kept).
+MAX_ERROR_BYTES: Final = 256 * 1024
 
 _HEADER: Final = struct.Struct("!cI")
 _SIGKILL: Final = int(signal.SIGKILL)
 _PR_SET_PDEATHSIG: Final = 1
 _prctl: Final = _linux.prctl_function()
+_pthread_sigmask: Final = _linux.raw_pthread_sigmask
+_SIG_SETMASK: Final = signal.SIG_SETMASK
+_RESTORE_AT_EXEC: Final = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
+)
 
 # The write end of this process's status pipe, set in the child right after fork; -1 in any
 # other process. Every fork resets it (see the at-fork hook below), so a process forked from a
@@ -73,13 +81,19 @@ def run(
     new_group: bool,
     capture: tuple[int, int, int, int] | None,
     reset_sigterm: bool,
+    sigmask: set[int],
 ) -> NoReturn:
-    """The child's whole life after ``fork``: set up, call the entry, end in ``os._exit``."""
+    """The child's whole life after ``fork``: set up, call the entry, end in ``os._exit``.
+
+    The parent forked with every signal blocked (so that no KeyboardInterrupt can separate
+    a child from its handle); ``sigmask`` is the mask to restore before the entry runs.
+    """
     global _status_fd
     code = 1
     try:
         try:
             _status_fd = status_fd
+            _pthread_sigmask(_SIG_SETMASK, sigmask)
             if new_group:
                 # The parent calls setpgid too: whoever runs first wins the race with a
                 # deadline's killpg, and the loser's call is harmless.
@@ -117,7 +131,11 @@ def run(
                 sys.stderr.write(text)
             except BaseException:  # noqa: BLE001
                 pass
-            _send(b"E", text.encode("utf-8", "replace"))
+            data = text.encode("utf-8", "replace")
+            if len(data) > MAX_ERROR_BYTES:
+                # Keep the end: the exception's type and message are on the last lines.
+                data = b"[traceback truncated]\n" + data[-MAX_ERROR_BYTES:]
+            _send(b"E", data)
     finally:
         # Whatever happened above, including an exception while reporting one, the child
         # ends here and never returns into the caller of fork().
@@ -131,15 +149,18 @@ def exit_child(code: int = 0, *, result: object = None) -> NoReturn:
     JSON-serialisable raises ``TypeError``, and one larger than ``MAX_RESULT_BYTES`` raises
     ``ValueError``, here in the child (so the report says ``raised`` and why).
     """
-    if result is None and _status_fd >= 0 and code.__class__ is int:
+    if result is None and _status_fd >= 0 and code.__class__ is int and 0 <= code <= 255:
         _exit(code)  # the fast path: nothing to send, the exit status says it all
     if _status_fd < 0:
         raise DivergeforkError(
             "exit_child() was called outside a child started by divergefork.fork(); "
             "in an ordinary process use sys.exit()"
         )
-    if not isinstance(code, int):
+    if not isinstance(code, int) or isinstance(code, bool):
         raise TypeError(f"exit_child(code=...) must be an int, not {type(code).__name__}")
+    if not 0 <= code <= 255:
+        # The kernel keeps only the low 8 bits: 256 would silently read as success.
+        raise ValueError(f"exit_child(code={code}) must be between 0 and 255")
     if result is not None:
         try:
             payload = json.dumps(result, allow_nan=False).encode()
@@ -167,11 +188,25 @@ def exec_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
     for arg in args:
         if not isinstance(arg, str):
             raise TypeError(f"exec_child(argv) items must be str, not {type(arg).__name__}: {arg!r}")
-    environ = None if env is None else dict(env)
+        if "\0" in arg:
+            raise ValueError(f"exec_child(argv) items cannot contain NUL bytes: {arg!r}")
+    environ = None
+    if env is not None:
+        environ = dict(env)
+        for key, val in environ.items():
+            if not isinstance(key, str) or not isinstance(val, str):
+                raise TypeError(f"exec_child(env=...) keys and values must be str: {key!r}={val!r}")
+            if "\0" in key or "\0" in val or "=" in key or not key:
+                raise ValueError(f"exec_child(env=...) has an invalid variable: {key!r}={val!r}")
     _flush()
     inside = _status_fd >= 0
     if inside:
+        # Announced only once nothing but the exec itself can fail.
         _send(b"X", json.dumps(args).encode())
+    # Python ignores SIGPIPE and SIGXFSZ for itself; an ignored signal survives exec, and
+    # programs expect the defaults (subprocess restores them too).
+    for sig in _RESTORE_AT_EXEC:
+        signal.signal(sig, signal.SIG_DFL)
     try:
         if environ is None:
             os.execvp(args[0], args)
@@ -211,6 +246,21 @@ def _flush() -> None:
 def _send(kind: bytes, payload: bytes) -> None:
     fd = _status_fd
     if fd < 0:
+        return
+    try:
+        is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        is_pipe = False
+    if not is_pipe:
+        # The entry closed our descriptor (closerange, daemonising) and maybe reused the
+        # number for a file of its own: never write a status record into the user's data.
+        try:
+            sys.stderr.write(
+                f"divergefork: the child closed its status pipe (fd {fd}); the parent will not "
+                "receive its result, exception or exec record\n"
+            )
+        except BaseException:  # noqa: BLE001
+            pass
         return
     data = memoryview(_HEADER.pack(kind, len(payload)) + payload)
     try:

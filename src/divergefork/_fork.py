@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Final, Literal, NoReturn, TypeVar, final
 from . import _child, _linux
 from ._errors import DivergeforkError, ForkUnsafeError
 
+from . import _reap
 from ._reap import Waiter, wait_alone
 
-if TYPE_CHECKING:
-    from ._report import Report
+from ._report import Outcome, Report
 
 __all__ = ["Child", "Options", "fork", "start"]
 
@@ -31,6 +31,10 @@ Threads = Literal["refuse", "warn", "allow"]
 
 _PIPE_FLAGS: Final = os.O_CLOEXEC
 _HAVE_FORK: Final = _linux.HAVE_FORK
+_pthread_sigmask: Final = _linux.raw_pthread_sigmask
+_SIG_BLOCK: Final = int(signal.SIG_BLOCK)
+_SIG_SETMASK: Final = int(signal.SIG_SETMASK)
+_ALL_SIGNALS: Final = _linux.ALL_SIGNALS
 
 # The C-level getsignal: signal.getsignal wraps its answer in an enum member, and in a parent
 # that forks hundreds of children every object touched per fork is a page copied per fork.
@@ -148,7 +152,7 @@ def entry_name(entry: Callable[..., object]) -> str:
     return name if isinstance(name, str) else type(entry).__name__
 
 
-def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
+def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Waiter | None = None) -> Child:
     """Fork now with already validated options.
 
     Written flat on purpose. A parent forking many children re-shares all its pages with each
@@ -181,13 +185,20 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
     if stream is not None:
         stream.flush()
 
-    status_r, status_w = os.pipe2(_PIPE_FLAGS)
-    capture = None
+    # Every signal is blocked from before the fork until the child is registered: a Python
+    # handler (Ctrl-C's KeyboardInterrupt) raising in between would lose the child's pid, and
+    # with it the only way to reap and supervise it. The child restores the mask itself.
+    mask = _pthread_sigmask(_SIG_BLOCK, _ALL_SIGNALS)
+    fds: list[int] = []
+    pid = -1
     try:
+        status_r, status_w = os.pipe2(_PIPE_FLAGS)
+        fds += (status_r, status_w)
+        capture = None
         if options.capture:
-            out_r, out_w = os.pipe2(_PIPE_FLAGS)
-            err_r, err_w = os.pipe2(_PIPE_FLAGS)
-            capture = (out_r, out_w, err_r, err_w)
+            fds += os.pipe2(_PIPE_FLAGS)
+            fds += os.pipe2(_PIPE_FLAGS)
+            capture = (fds[2], fds[3], fds[4], fds[5])
         reset_sigterm = callable(_getsignal(_SIGTERM))
         parent = _pid
         # Everything the parent needs is built before the fork: while the child lives, each
@@ -196,39 +207,54 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options) -> Child:
         child = Child(entry, options, status_r, capture)
         child.started = time.monotonic()
         pid = os.fork()
-    except BaseException:
-        # fork() failed (EAGAIN, ENOMEM) or we were interrupted before it: nothing to reap.
-        for fd in (status_r, status_w, *(capture or ())):
-            os.close(fd)
-        raise
-    if pid == 0:
-        _child.run(
-            value,
-            entry,
-            status_w,
-            parent,
-            kill_on_parent_exit=options.on_parent_exit == "kill",
-            new_group=options.new_group,
-            capture=capture,
-            reset_sigterm=reset_sigterm,
-        )
-    os.close(status_w)
-    if capture is not None:
-        os.close(capture[1])
-        os.close(capture[3])
-    if options.new_group:
+        if pid == 0:
+            _child.run(
+                value,
+                entry,
+                status_w,
+                parent,
+                kill_on_parent_exit=options.on_parent_exit == "kill",
+                new_group=options.new_group,
+                capture=capture,
+                reset_sigterm=reset_sigterm,
+                sigmask=mask,
+            )
+        child.pid = pid
+        os.close(status_w)
+        if capture is not None:
+            os.close(capture[1])
+            os.close(capture[3])
+        del fds[:]  # the child owns the rest now
+        if options.new_group:
+            try:
+                os.setpgid(pid, pid)
+            except OSError:
+                pass  # the child already did it, or already exec'd
+        # Opened after fork: if the child is already a zombie the pidfd still refers to it.
+        # Without one (no kernel support, or out of descriptors) the waiter polls instead.
         try:
-            os.setpgid(pid, pid)
+            if _linux._have_pidfd:
+                child.pidfd = os.pidfd_open(pid)
+            elif _linux._have_pidfd is None:
+                child.pidfd = _linux.pidfd_open(pid)
         except OSError:
-            pass  # the child already did it, or already exec'd
-    child.pid = pid
-    # Opened after fork: if the child is already a zombie the pidfd still refers to it.
-    if _linux._have_pidfd:
-        child.pidfd = os.pidfd_open(pid)
-    elif _linux._have_pidfd is None:
-        child.pidfd = _linux.pidfd_open(pid)
-    if child.deadline is not None:
-        child.deadline += child.started
+            pass
+        if child.deadline is not None:
+            child.deadline += child.started
+        if waiter is not None:
+            child.waiter = waiter
+            waiter.add(child)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        if pid > 0:
+            # Forked, but it could not be registered: never leave it running or unreaped.
+            _linux.signal_process(pid, None, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            child.report = Report(name=child.name, pid=pid, outcome=Outcome.SIGNALED, signal=signal.SIGKILL)
+        raise
+    finally:
+        _pthread_sigmask(_SIG_SETMASK, mask)
     return child
 
 
@@ -272,6 +298,7 @@ class Child:
     ) -> None:
         #: The child's process id (read-only).
         self.pid = 0
+        self.report: Report | None = None
         # The default name is computed when first asked for, not while forking.
         self._name = options.name
         self._entry = entry
@@ -292,7 +319,6 @@ class Child:
         self.stage = 0
         #: Why we are ending it: None, "timed_out", "cancelled" or "terminated".
         self.reason: str | None = None
-        self.report: Report | None = None
         self.waiter: Waiter | None = None
         self.owner = _pid
 
@@ -352,28 +378,28 @@ class Child:
         """SIGTERM the child and its group, SIGKILL after ``grace`` seconds, reap, report."""
         _check_seconds("grace", grace)
         if self.report is None:
-            waiter = self._waiter()
-            if self.reason is None:
-                self.reason = "terminated"
-            waiter.escalate(self, grace)
+            self._waiter().escalate(self, grace, "terminated")
         return self.wait()
 
     def kill(self) -> Report:
         """SIGKILL the child and its group, reap, report."""
         if self.report is None:
             waiter = self._waiter()
-            if self.reason is None:
-                self.reason = "terminated"
-            self.stage = 1
-            waiter.escalate(self, 0.0)
+            if not _reap.has_ended(self):
+                if self.reason is None:
+                    self.reason = "terminated"
+                self.stage = max(self.stage, 1)  # straight to SIGKILL
+            waiter.escalate(self, 0.0, "terminated")
         return self.wait()
 
     def _waiter(self) -> Waiter:
         self._check_owner()
-        if self.waiter is None:
-            self.waiter = Waiter(private=True)
-            self.waiter.add(self)
-        return self.waiter
+        waiter = self.waiter
+        if waiter is None:
+            waiter = Waiter(private=True)
+            waiter.add(self)
+            self.waiter = waiter  # only once it watches the child
+        return waiter
 
     def _check_owner(self) -> None:
         if self.owner != _pid:
@@ -383,8 +409,9 @@ class Child:
             )
 
     def __del__(self) -> None:
-        # pid 0: the fork itself failed and start() already closed the descriptors.
-        if self.report is None and self.pid and self.owner == _pid:
+        # pid 0: the fork itself failed and start() already closed the descriptors. A handle
+        # interrupted while being built may lack attributes.
+        if getattr(self, "report", True) is None and self.pid and self.owner == _pid:
             _orphans.append((self.pid, self.pidfd, self.name))
             for fd in (self.status_fd, self.out_fd, self.err_fd):
                 if fd >= 0:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterable
 from typing import Final
 
 __all__ = [
@@ -29,6 +31,15 @@ __all__ = [
 ]
 
 HAVE_FORK: Final = hasattr(os, "fork")
+
+# The C-level pthread_sigmask: signal.pthread_sigmask converts its answer into a set of enum
+# members; this one takes and returns plain ints. Used around every fork.
+raw_pthread_sigmask: Final[Callable[[int, Iterable[int]], set[int]]] = importlib.import_module(
+    "_signal"
+).pthread_sigmask
+#: Every signal that can be blocked: blocked around fork() so that no Python handler can raise
+#: between the child's creation and its registration.
+ALL_SIGNALS: Final = frozenset(int(s) for s in signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 _PR_SET_PDEATHSIG: Final = 1
 _PR_GET_PDEATHSIG: Final = 2

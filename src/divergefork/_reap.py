@@ -17,6 +17,7 @@ steal the children of other code in the same process. No SIGCHLD handler either.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 import json
 import os
 import resource
@@ -47,6 +48,9 @@ _STATUS_LIMIT: Final = MAX_RESULT_BYTES + 2 * _READ_SIZE
 _HEADER: Final = struct.Struct("!cI")
 _PIDFD, _STATUS, _OUT, _ERR = range(4)
 _DATA, _AGAIN, _EOF = object(), object(), object()
+_pthread_sigmask: Final = _linux.raw_pthread_sigmask
+_SIG_BLOCK: Final = int(signal.SIG_BLOCK)
+_SIG_SETMASK: Final = int(signal.SIG_SETMASK)
 _BACKOFF_MIN: Final = 0.0005
 _BACKOFF_MAX: Final = 0.05
 
@@ -54,7 +58,19 @@ _BACKOFF_MAX: Final = 0.05
 class Waiter:
     """Reaps a set of children. Not thread-safe; one per ``Scope`` or per lone ``Child``."""
 
-    __slots__ = ("_ep", "_child_of", "_kind_of", "_heap", "_seq", "_polled", "_backoff", "_private", "_on_output")
+    __slots__ = (
+        "_ep",
+        "_child_of",
+        "_kind_of",
+        "_heap",
+        "_seq",
+        "_polled",
+        "_backoff",
+        "_private",
+        "_on_output",
+        "running",
+        "ended",
+    )
 
     def __init__(self, *, private: bool = False, on_output: OutputCallback | None = None) -> None:
         self._on_output = on_output
@@ -69,6 +85,10 @@ class Waiter:
         self._backoff = _BACKOFF_MIN
         #: A private waiter serves one child and closes itself when that child is reaped.
         self._private = private
+        #: The children added and not yet reaped, in the order they were added.
+        self.running: list[Child] = []
+        #: Reaped children (their report set) not yet collected by a Scope, in order of ending.
+        self.ended: deque[Child] = deque()
 
     def add(self, child: Child) -> None:
         ep = self._ep
@@ -97,6 +117,7 @@ class Waiter:
             self._watch(child.err_fd, child, _ERR)
         if child.deadline is not None:
             self._schedule(child, child.deadline)
+        self.running.append(child)  # last: only a fully watched child is waited for
 
     def _watch(self, fd: int, child: Child, kind: int) -> None:
         assert self._ep is not None
@@ -127,14 +148,14 @@ class Waiter:
         ep = self._ep
         assert ep is not None, "waiter closed"
         reaped: list[Child] = []
-        while True:
+        while self.running:
             heap = self._heap
             if heap:
                 now = time.monotonic()
                 while heap and heap[0][0] <= now:
                     _, _, child, stage = heapq.heappop(heap)
                     if child.report is None and child.stage == stage:
-                        self.escalate(child, child.grace)
+                        self.escalate(child, child.grace, "timed_out")
             if self._polled:
                 self._poll_exited(reaped)
                 if reaped:
@@ -168,14 +189,20 @@ class Waiter:
                 return reaped
             if self._polled and not events:
                 self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+        return reaped
 
-    def escalate(self, child: Child, grace: float) -> None:
-        """Move a child one step down SIGTERM -> (grace) -> SIGKILL, for it and its group."""
-        if child.report is not None:
+    def escalate(self, child: Child, grace: float, reason: str) -> None:
+        """Move a child one step down SIGTERM -> (grace) -> SIGKILL, for it and its group.
+
+        ``reason`` ("timed_out", "cancelled", "terminated") is recorded on the first step.
+        A child that already ended on its own is left alone: the loop reaps it with the
+        outcome it earned, even when nobody waited for it until after its deadline.
+        """
+        if child.report is not None or has_ended(child):
             return
         if child.stage == 0:
             if child.reason is None:
-                child.reason = "timed_out"
+                child.reason = reason
             sig = signal.SIGTERM
             child.stage = 1
             self._schedule(child, time.monotonic() + grace)
@@ -230,9 +257,14 @@ class Waiter:
         for fd in (child.pidfd, child.status_fd, child.out_fd, child.err_fd):
             if fd is not None and fd >= 0 and self._child_of[fd] is child:
                 self._unwatch(fd)
-        _finish(child, self._on_output)
-        if self._private:
-            self.close()
+        try:
+            _finish(child, self._on_output)  # sets the report even if on_output raises
+        finally:
+            self.running.remove(child)
+            if child.report is not None:
+                self.ended.append(child)
+            if self._private:
+                self.close()
 
 
 def wait_alone(child: Child) -> Report:
@@ -278,7 +310,9 @@ def _read(fd: int, child: Child, kind: int, on_output: OutputCallback | None = N
             child.status_buf = _append(child.status_buf, data)
     else:
         buf = _append(child.out_buf if kind == _OUT else child.err_buf, data)
-        if len(buf) > CAPTURE_LIMIT:
+        if len(buf) > 2 * CAPTURE_LIMIT:
+            # Trimmed only past twice the limit (and for good when the report is built), so a
+            # child writing gigabytes costs linear time, not a megabyte memmove per read.
             del buf[: len(buf) - CAPTURE_LIMIT]
         if kind == _OUT:
             child.out_buf = buf
@@ -298,43 +332,61 @@ def _append(buf: bytes | bytearray, data: bytes) -> bytearray:
 
 def _close(child: Child, kind: int) -> None:
     if kind == _STATUS:
-        os.close(child.status_fd)
-        child.status_fd = -1
+        fd, child.status_fd = child.status_fd, -1
     elif kind == _OUT:
-        os.close(child.out_fd)
-        child.out_fd = -1
+        fd, child.out_fd = child.out_fd, -1
     elif kind == _ERR:
-        os.close(child.err_fd)
-        child.err_fd = -1
-    elif child.pidfd is not None:
-        os.close(child.pidfd)
+        fd, child.err_fd = child.err_fd, -1
+    else:
+        fd = -1 if child.pidfd is None else child.pidfd
         child.pidfd = None
+    if fd >= 0:
+        os.close(fd)
+
+
+def has_ended(child: Child) -> bool:
+    """Whether the child has ended (it is a zombie), without reaping it."""
+    try:
+        info = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True  # reaped by other code: nothing left to signal
+    return info is not None and info.si_pid == child.pid
 
 
 def _finish(child: Child, on_output: OutputCallback | None = None) -> Report:
-    """The child has ended (it is a zombie): kill its group, reap it, build its report."""
+    """The child has ended (it is a zombie): kill its group, reap it, build its report.
+
+    Signals are blocked from the reap until the report is set: a KeyboardInterrupt raised
+    just after wait4() returned would otherwise lose the exit status for good.
+    """
     pid = child.pid
-    if child.new_group:
-        # Leftover grandchildren die with the child; the zombie still reserves the pid,
-        # so this group id cannot belong to anyone else yet.
-        _linux.signal_group(pid, signal.SIGKILL)
-    usage: resource.struct_rusage | None
+    mask = _pthread_sigmask(_SIG_BLOCK, _linux.ALL_SIGNALS)
     try:
-        _, status, usage = os.wait4(pid, 0)
-    except ChildProcessError:
-        status, usage = -1, None
-    ended = time.monotonic()
-    # Whatever the child wrote before it ended is in the pipes now; a grandchild may still
-    # hold them open, so read without blocking.
-    for kind in (_STATUS, _OUT, _ERR):
-        fd = child.status_fd if kind == _STATUS else child.out_fd if kind == _OUT else child.err_fd
-        if fd >= 0:
-            os.set_blocking(fd, False)
-            while _read(fd, child, kind, on_output) is _DATA:
-                pass
-            _close(child, kind)
-    _close(child, _PIDFD)
-    report = child.report = _report(child, status, usage, ended)
+        if child.new_group:
+            # Leftover grandchildren die with the child; the zombie still reserves the pid,
+            # so this group id cannot belong to anyone else yet.
+            _linux.signal_group(pid, signal.SIGKILL)
+        usage: resource.struct_rusage | None
+        try:
+            _, status, usage = os.wait4(pid, 0)
+        except ChildProcessError:
+            status, usage = -1, None
+        ended = time.monotonic()
+        try:
+            # Whatever the child wrote before it ended is in the pipes now; a grandchild may
+            # still hold them open, so read without blocking.
+            for kind in (_STATUS, _OUT, _ERR):
+                fd = child.status_fd if kind == _STATUS else child.out_fd if kind == _OUT else child.err_fd
+                if fd >= 0:
+                    os.set_blocking(fd, False)
+                    while _read(fd, child, kind, on_output) is _DATA:
+                        pass
+        finally:
+            for kind in (_STATUS, _OUT, _ERR, _PIDFD):
+                _close(child, kind)
+            report = child.report = _report(child, status, usage, ended)
+    finally:
+        _pthread_sigmask(_SIG_SETMASK, mask)
     return report
 
 
@@ -375,18 +427,23 @@ def _report(child: Child, status: int, usage: resource.struct_rusage | None, end
     if child.status_buf:
         records = _messages(child.status_buf)
         if b"V" in records:
-            result = json.loads(records[b"V"])
+            try:
+                result = json.loads(records[b"V"])
+            except ValueError:
+                error = "the child's result record could not be decoded"
         if b"F" in records:
             outcome = Outcome.EXEC_FAILED
             error = records[b"F"].decode("utf-8", "replace")
-        elif b"X" in records:
-            execed = True
         elif b"R" in records and exit_code == RETURNED_EXIT_CODE:
             outcome = Outcome.RETURNED
             error = records[b"R"].decode("utf-8", "replace")
         elif b"E" in records:
             outcome = Outcome.RAISED
             error = records[b"E"].decode("utf-8", "replace")
+        elif b"X" in records:
+            execed = True
+        if b"!" in records and error is None:
+            error = "the status pipe ended inside a record: part of what the child sent is lost"
     reason = child.reason
     if reason == "timed_out":
         outcome = Outcome.TIMED_OUT
@@ -415,8 +472,8 @@ def _report(child: Child, status: int, usage: resource.struct_rusage | None, end
         max_rss=rss,
         error=error,
         result=result,
-        stdout=bytes(child.out_buf),
-        stderr=bytes(child.err_buf),
+        stdout=bytes(child.out_buf[-CAPTURE_LIMIT:]),
+        stderr=bytes(child.err_buf[-CAPTURE_LIMIT:]),
     )
 
 

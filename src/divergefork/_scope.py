@@ -49,7 +49,7 @@ class Scope:
     still queued are reported ``cancelled`` with pid 0) and re-raises the exception unchanged.
     """
 
-    __slots__ = ("_defaults", "_max_parallel", "_on_output", "_waiter", "_running", "_queue", "_unseen", "_owner", "_state", "reports")
+    __slots__ = ("_defaults", "_max_parallel", "_on_output", "_waiter", "_queue", "_unseen", "_owner", "_state", "reports")
 
     def __init__(
         self,
@@ -73,8 +73,6 @@ class Scope:
         self._max_parallel = max_parallel
         self._on_output = on_output
         self._waiter: Waiter | None = None
-        # A list, not a set: appending touches one page, a set's hash table a random one.
-        self._running: list[Child] = []
         self._queue: deque[tuple[Any, Callable[[Any], NoReturn], Options, str]] = deque()
         #: Reports not yet yielded by as_completed().
         self._unseen: deque[Report] = deque()
@@ -85,7 +83,8 @@ class Scope:
 
     def __repr__(self) -> str:
         return (
-            f"<Scope {self._state} running={len(self._running)} queued={len(self._queue)} "
+            f"<Scope {self._state} running={0 if self._waiter is None else len(self._waiter.running)} "
+            f"queued={len(self._queue)} "
             f"ended={len(self.reports)}>"
         )
 
@@ -156,15 +155,12 @@ class Scope:
                 d.threads if threads is _DEFAULT else threads,
                 d.capture if capture is _DEFAULT else capture,
             )
-        if self._max_parallel is not None and len(self._running) >= self._max_parallel:
-            self._queue.append((value, entry, options, name or entry_name(entry)))
-            return
         waiter = self._waiter
         assert waiter is not None
-        child = start(value, entry, options)
-        self._running.append(child)
-        child.waiter = waiter
-        waiter.add(child)
+        if self._max_parallel is not None and len(waiter.running) >= self._max_parallel:
+            self._queue.append((value, entry, options, name or entry_name(entry)))
+            return
+        start(value, entry, options, waiter)  # registered with the waiter before it returns
 
     def as_completed(self) -> Iterator[Report]:
         """Yield each child's report as it ends, until no child is running or queued."""
@@ -175,13 +171,15 @@ class Scope:
         while True:
             while unseen:
                 yield unseen.popleft()
-            if not self._running:
+            if not waiter.running:
                 if not self._queue:
                     return
                 self._fill()
                 continue
-            for child in waiter.step(None):
-                self._ended(child)
+            try:
+                waiter.step(None)
+            finally:
+                self._collect()
             self._fill()
 
     def wait(self) -> list[Report]:
@@ -190,57 +188,69 @@ class Scope:
             pass
         return list(self.reports)
 
-    def _start(self, value: T, entry: Callable[[T], NoReturn], options: Options) -> None:
+    def _fill(self) -> None:
         waiter = self._waiter
         assert waiter is not None
-        child = start(value, entry, options)
-        self._running.append(child)
-        child.waiter = waiter
-        waiter.add(child)
-
-    def _fill(self) -> None:
         limit = self._max_parallel
-        while self._queue and (limit is None or len(self._running) < limit):
-            value, entry, options, _ = self._queue.popleft()
-            self._start(value, entry, options)
+        while self._queue and (limit is None or len(waiter.running) < limit):
+            value, entry, options, _ = self._queue[0]
+            start(value, entry, options, waiter)
+            self._queue.popleft()  # only once it started: a failed start stays queued
 
-    def _ended(self, child: Child) -> None:
-        self._running.remove(child)
-        report = child.report
-        assert report is not None
-        self.reports.append(report)
-        self._unseen.append(report)
+    def _collect(self) -> None:
+        """Move the reports of reaped children into ``reports``, in the order they ended."""
+        waiter = self._waiter
+        assert waiter is not None
+        ended = waiter.ended
+        while ended:
+            report = ended.popleft().report
+            assert report is not None
+            self.reports.append(report)
+            self._unseen.append(report)
 
     def _cancel(self) -> None:
+        """End every child: SIGTERM, grace, SIGKILL; reap all, whatever interrupts us.
+
+        Another exception while waiting out the grace period (a second Ctrl-C) skips the rest
+        of the grace: everything left gets SIGKILL. We return only when no child is left, then
+        re-raise the last such exception (else the scope's own exception propagates).
+        """
         waiter = self._waiter
         assert waiter is not None
         # A failing on_output callback may be why we are here; it must not stop the reaping.
         waiter.silence()
         while self._queue:
-            _, _, options, name = self._queue.popleft()
-            report = Report(
-                name=name,
-                pid=0,
-                outcome=Outcome.CANCELLED,
-                error="cancelled before it was started: its scope was left by an exception",
+            _, _, _, name = self._queue.popleft()
+            self.reports.append(
+                Report(
+                    name=name,
+                    pid=0,
+                    outcome=Outcome.CANCELLED,
+                    error="cancelled before it was started: its scope was left by an exception",
+                )
             )
-            self.reports.append(report)
-        for child in list(self._running):
-            child.reason = "cancelled"
-            waiter.escalate(child, child.grace)
-        try:
-            while self._running:
-                for child in waiter.step(None):
-                    self._ended(child)
-        except BaseException:
-            # Interrupted again while waiting out the grace period: no more grace.
-            for child in list(self._running):
-                child.stage = max(child.stage, 1)
-                waiter.escalate(child, 0.0)
-            while self._running:
-                for child in waiter.step(None):
-                    self._ended(child)
-            raise
+        interrupted: BaseException | None = None
+        graceful = True
+        while waiter.running:
+            try:
+                for child in list(waiter.running):
+                    if graceful:
+                        if child.stage == 0:
+                            waiter.escalate(child, child.grace, "cancelled")
+                    elif child.stage < 2:
+                        child.stage = 1
+                        waiter.escalate(child, 0.0, "cancelled")
+                while waiter.running:
+                    try:
+                        waiter.step(None)
+                    finally:
+                        self._collect()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, once all are reaped
+                interrupted = exc
+                graceful = False
+        self._collect()
+        if interrupted is not None:
+            raise interrupted
 
     def _check_open(self, what: str) -> None:
         if current_pid() != self._owner:
