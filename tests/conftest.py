@@ -69,3 +69,16 @@ def no_child_left_behind() -> Iterator[None]:
             except OSError:
                 pass
         pytest.fail(f"test left child processes behind: {sorted(left)}")
+
+
+@pytest.fixture(autouse=True)
+def no_signals_left_blocked() -> Iterator[None]:
+    """divergefork blocks signals around fork and reap; it must always restore the mask."""
+    import signal
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    after = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    if after != before:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        pytest.fail(f"test left signals blocked: {sorted(after - before)}")

@@ -188,17 +188,17 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
     # Every signal is blocked from before the fork until the child is registered: a Python
     # handler (Ctrl-C's KeyboardInterrupt) raising in between would lose the child's pid, and
     # with it the only way to reap and supervise it. The child restores the mask itself.
-    mask = _pthread_sigmask(_SIG_BLOCK, _ALL_SIGNALS)
-    fds: list[int] = []
+    # Read the mask first, block inside the try: a Python handler may raise as soon as any
+    # call returns, and the finally below must then still restore what was there before.
+    mask = _pthread_sigmask(_SIG_BLOCK, ())
+    status_r = status_w = -1
+    capture = None
     pid = -1
     try:
+        _pthread_sigmask(_SIG_BLOCK, _ALL_SIGNALS)
         status_r, status_w = os.pipe2(_PIPE_FLAGS)
-        fds += (status_r, status_w)
-        capture = None
         if options.capture:
-            fds += os.pipe2(_PIPE_FLAGS)
-            fds += os.pipe2(_PIPE_FLAGS)
-            capture = (fds[2], fds[3], fds[4], fds[5])
+            capture = _capture_pipes()
         reset_sigterm = callable(_getsignal(_SIGTERM))
         parent = _pid
         # Everything the parent needs is built before the fork: while the child lives, each
@@ -221,10 +221,11 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
             )
         child.pid = pid
         os.close(status_w)
+        status_w = -1
         if capture is not None:
             os.close(capture[1])
             os.close(capture[3])
-        del fds[:]  # the child owns the rest now
+            capture = (capture[0], -1, capture[2], -1)
         if options.new_group:
             try:
                 os.setpgid(pid, pid)
@@ -245,17 +246,43 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
             child.waiter = waiter
             waiter.add(child)
     except BaseException:
-        for fd in fds:
-            os.close(fd)
-        if pid > 0:
-            # Forked, but it could not be registered: never leave it running or unreaped.
-            _linux.signal_process(pid, None, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            child.report = Report(name=child.name, pid=pid, outcome=Outcome.SIGNALED, signal=signal.SIGKILL)
+        _abandon(pid, status_r, status_w, capture, child if pid > 0 else None)
         raise
     finally:
         _pthread_sigmask(_SIG_SETMASK, mask)
     return child
+
+
+def _capture_pipes() -> tuple[int, int, int, int]:
+    out_r, out_w = os.pipe2(_PIPE_FLAGS)
+    try:
+        err_r, err_w = os.pipe2(_PIPE_FLAGS)
+    except BaseException:
+        os.close(out_r)
+        os.close(out_w)
+        raise
+    return out_r, out_w, err_r, err_w
+
+
+def _abandon(
+    pid: int, status_r: int, status_w: int, capture: tuple[int, int, int, int] | None, child: Child | None
+) -> None:
+    """Undo a start() that failed part-way; a child already forked is killed and reaped."""
+    if child is not None:
+        # Forked, but it could not be registered: never leave it running or unreaped.
+        _linux.signal_process(pid, None, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        fds = [child.status_fd, child.out_fd, child.err_fd, -1 if child.pidfd is None else child.pidfd]
+        child.status_fd = child.out_fd = child.err_fd = -1
+        child.pidfd = None
+        child.report = Report(name=child.name, pid=pid, outcome=Outcome.SIGNALED, signal=signal.SIGKILL)
+        # Only the write ends are still ours; the read ends were the child's.
+        fds += (status_w, -1, -1) if capture is None else (status_w, capture[1], capture[3])
+    else:
+        fds = [status_r, status_w, *(capture or ())]
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 @final

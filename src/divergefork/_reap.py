@@ -360,8 +360,9 @@ def _finish(child: Child, on_output: OutputCallback | None = None) -> Report:
     just after wait4() returned would otherwise lose the exit status for good.
     """
     pid = child.pid
-    mask = _pthread_sigmask(_SIG_BLOCK, _linux.ALL_SIGNALS)
+    mask = _pthread_sigmask(_SIG_BLOCK, ())  # read first, block inside the try (see start())
     try:
+        _pthread_sigmask(_SIG_BLOCK, _linux.ALL_SIGNALS)
         if child.new_group:
             # Leftover grandchildren die with the child; the zombie still reserves the pid,
             # so this group id cannot belong to anyone else yet.
