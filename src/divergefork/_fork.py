@@ -18,7 +18,7 @@ from . import _child, _linux
 from ._errors import DivergeforkError, ForkUnsafeError
 
 from . import _reap
-from ._reap import Waiter, wait_alone
+from ._reap import Waiter
 
 from ._report import Outcome, Report
 
@@ -369,11 +369,6 @@ class Child:
         """
         if self.report is not None:
             return self.report
-        if timeout is None and self.waiter is None and self.deadline is None and self.out_fd < 0:
-            # The common case gets a loop without epoll: one poll() on the pidfd and the
-            # status pipe, then the reap.
-            self._check_owner()
-            return wait_alone(self)
         until = None
         if timeout is not None:
             _check_seconds("timeout", timeout)

@@ -35,7 +35,7 @@ from ._report import RETURNED_EXIT_CODE, Outcome, Report
 if TYPE_CHECKING:
     from ._fork import Child
 
-__all__ = ["CAPTURE_LIMIT", "OutputCallback", "Waiter", "wait_alone"]
+__all__ = ["CAPTURE_LIMIT", "OutputCallback", "Waiter", "has_ended"]
 
 #: ``on_output(child_name, "stdout" | "stderr", chunk)``: captured output as it arrives.
 OutputCallback: TypeAlias = Callable[[str, str, bytes], None]
@@ -265,36 +265,6 @@ class Waiter:
                 self.ended.append(child)
             if self._private:
                 self.close()
-
-
-def wait_alone(child: Child) -> Report:
-    """Wait for one child that has no deadline and no capture, without epoll.
-
-    The common ``fork(...).wait()``: a ``poll()`` on the pidfd and the status pipe (read as
-    it fills, so a large result cannot deadlock), then the reap.
-    """
-    pidfd = child.pidfd
-    if pidfd is None:
-        waiter = Waiter(private=True)
-        waiter.add(child)
-        while True:
-            waiter.step(None)
-            if child.report is not None:
-                return child.report
-    poller = select.poll()
-    # poll() reports in registration order: the status pipe's EOF first, so the reap below
-    # usually finds it closed already.
-    status = child.status_fd
-    if status >= 0:
-        poller.register(status, select.POLLIN)
-    poller.register(pidfd, select.POLLIN)
-    while True:
-        for fd, _ in poller.poll():
-            if fd == pidfd:
-                return _finish(child)
-            if _read(fd, child, _STATUS) is _EOF:
-                poller.unregister(fd)
-                _close(child, _STATUS)
 
 
 def _read(fd: int, child: Child, kind: int, on_output: OutputCallback | None = None) -> object:
