@@ -82,3 +82,21 @@ def no_signals_left_blocked() -> Iterator[None]:
     if after != before:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
         pytest.fail(f"test left signals blocked: {sorted(after - before)}")
+
+
+def _have_libatomic() -> bool:
+    from divergefork import _atomic
+    from divergefork._errors import DivergeforkError
+
+    try:
+        _atomic.load_fetch_add()
+    except DivergeforkError:
+        return False
+    return True
+
+
+#: ``sync="atomic"`` as a test parameter, skipped (with the reason) where libatomic is missing.
+ATOMIC = pytest.param(
+    "atomic",
+    marks=pytest.mark.skipif(not _have_libatomic(), reason="libatomic.so.1 is not installed (package libatomic1)"),
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -54,7 +55,12 @@ def check_command(*args: str) -> list[str]:
 
 
 def run_check(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(check_command(*args), cwd=project, capture_output=True, text=True, timeout=120)
+    # mypy also reads per-user configs (~/.mypy.ini, $XDG_CONFIG_HOME/mypy/config): a
+    # developer's own must not change what these tests see.
+    home = project / ".home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    return subprocess.run(check_command(*args), cwd=project, capture_output=True, text=True, timeout=120, env=env)
 
 
 def make_project(root: Path, files: dict[str, str]) -> Path:

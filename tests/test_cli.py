@@ -232,6 +232,10 @@ def test_report_and_finished_hooks_run_in_the_parent(tmp_path: Path) -> None:
 # -- SIGINT ------------------------------------------------------------------------------------
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_terminates_and_reaps_every_child_then_exits_130(tmp_path: Path) -> None:
     out_json = tmp_path / "r.json"
     proc = subprocess.Popen(
@@ -241,6 +245,9 @@ def test_sigint_terminates_and_reaps_every_child_then_exits_130(tmp_path: Path) 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A harness that started us with SIGINT ignored (a background job of a
+        # non-interactive shell) would pass that on, and Python would keep ignoring it.
+        preexec_fn=default_sigint,
     )
     pidfiles = [tmp_path / "l1.pid", tmp_path / "l2.pid"]
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import divergefork_race
 import pluggy
 import pytest
-from conftest import pid_alive, wait_until
+from conftest import ATOMIC, pid_alive, wait_until
 
 import divergefork as df
 from divergefork._demo import race
@@ -69,7 +69,7 @@ def test_json_has_the_result_and_the_child_report() -> None:
     assert result["child"]["pid"] == result["child_run"]["pid"] != result["parent"]["pid"]
 
 
-@pytest.mark.parametrize("sync", ["lock", "atomic", "sharded"])
+@pytest.mark.parametrize("sync", ["lock", ATOMIC, "sharded"])
 def test_synchronised_races_are_exact(sync: str) -> None:
     done = demo("race", "--sync", sync, "-n", "20000")
     assert done.returncode == 0, done.stderr
@@ -175,7 +175,7 @@ def run_plugin(argv: list[str], only: int | None = None) -> tuple[list[df.Report
     return reports, str(specs[0].value.counter.sync)
 
 
-@pytest.mark.parametrize("sync", ["sharded", "atomic", "lock"])
+@pytest.mark.parametrize("sync", ["sharded", ATOMIC, "lock"])
 def test_plugin_children_share_one_counter_and_the_count_is_exact(
     sync: Sync, capsys: pytest.CaptureFixture[str]
 ) -> None:

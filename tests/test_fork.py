@@ -72,8 +72,10 @@ def sleep_forever(_: object) -> NoReturn:
         time.sleep(1)
 
 
-def ignore_sigterm(_: object) -> NoReturn:
+def ignore_sigterm(ready: Path | None) -> NoReturn:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if ready is not None:
+        ready.touch()  # the test waits for this, not for a guessed delay
     while True:
         time.sleep(1)
 
@@ -329,11 +331,14 @@ def test_timeout_sends_sigterm() -> None:
     assert 0.2 <= report.duration < 4
 
 
-def test_child_ignoring_sigterm_is_killed_after_grace() -> None:
-    report = df.fork(None, ignore_sigterm, timeout=0.2, grace=0.3).wait()
+def test_child_ignoring_sigterm_is_killed_after_grace(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    child = df.fork(ready, ignore_sigterm, timeout=2.0, grace=0.3)
+    assert wait_until(ready.exists, timeout=10)  # SIGTERM is ignored before the deadline
+    report = child.wait()
     assert report.outcome is df.Outcome.TIMED_OUT
     assert report.signal is signal.SIGKILL
-    assert report.duration >= 0.5
+    assert report.duration >= 2.3
     assert report.error is not None and "SIGKILL" in report.error
 
 
@@ -355,7 +360,7 @@ def test_grandchild_dies_on_timeout(tmp_path: Path) -> None:
         while True:
             time.sleep(1)
 
-    report = df.fork(None, spawn_grandchild, timeout=1.0, grace=0.5).wait()
+    report = df.fork(None, spawn_grandchild, timeout=2.0, grace=0.5).wait()
     assert report.outcome is df.Outcome.TIMED_OUT
     grandchild = int(pidfile.read_text())
     assert wait_until(lambda: not pid_alive(grandchild), timeout=2)
@@ -398,9 +403,10 @@ def test_poll_enforces_deadline() -> None:
     assert report is not None and report.outcome is df.Outcome.TIMED_OUT
 
 
-def test_terminate_escalates_to_kill() -> None:
-    child = df.fork(None, ignore_sigterm)
-    time.sleep(0.1)  # let it install its handler
+def test_terminate_escalates_to_kill(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    child = df.fork(ready, ignore_sigterm)
+    assert wait_until(ready.exists, timeout=10)
     start = time.monotonic()
     report = child.terminate(grace=0.2)
     assert report.signal is signal.SIGKILL
@@ -673,8 +679,8 @@ def test_parent_death_signal_is_set_in_the_child() -> None:
 
 
 def test_child_that_ended_before_its_deadline_is_not_timed_out_when_waited_late() -> None:
-    child = df.fork(None, exit_42, timeout=0.1, grace=5)
-    time.sleep(0.4)  # the deadline passes while nobody waits
+    child = df.fork(None, exit_42, timeout=1.0, grace=5)
+    time.sleep(1.3)  # the deadline passes while nobody waits
     report = child.wait()
     assert report.outcome is df.Outcome.EXITED and report.exit_code == 42
     assert report.error is None

@@ -38,8 +38,9 @@ def sleep_forever(_: object) -> NoReturn:
         time.sleep(1)
 
 
-def ignore_sigterm(_: object) -> NoReturn:
+def ignore_sigterm(ready: Path) -> NoReturn:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.touch()
     while True:
         time.sleep(1)
 
@@ -82,8 +83,8 @@ def test_exception_cancels_and_reaps_everything(tmp_path: Path) -> None:
         with df.Scope(grace=0.3) as scope:
             for _ in range(3):
                 scope.fork(None, sleep_forever)
-            scope.fork(None, ignore_sigterm, name="stubborn")
-            time.sleep(0.2)
+            scope.fork(tmp_path / "ready", ignore_sigterm, name="stubborn")
+            assert wait_until((tmp_path / "ready").exists, timeout=10)
             raise LookupError("distinctive")
     assert time.monotonic() - start < 5
     assert len(scope.reports) == 4
@@ -93,9 +94,18 @@ def test_exception_cancels_and_reaps_everything(tmp_path: Path) -> None:
     assert not child_pids()
 
 
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """Python's own SIGINT handler, even if the test run was started with SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_raises")
 def test_sigint_in_block_cancels_and_reraises_keyboard_interrupt() -> None:
     with pytest.raises(KeyboardInterrupt):
-        with df.Scope(grace=1) as scope:
+        with df.Scope(grace=1, timeout=30) as scope:  # the timeout only bounds a failure
             for _ in range(4):
                 scope.fork(None, sleep_forever)
             os.kill(os.getpid(), signal.SIGINT)
@@ -191,7 +201,7 @@ def test_nested_scope_in_a_child(tmp_path: Path) -> None:
 
     with df.Scope(grace=0.5) as scope:
         scope.fork(4, supervisor, name="ok")
-        scope.fork(None, doomed_supervisor, name="doomed", timeout=1)
+        scope.fork(None, doomed_supervisor, name="doomed", timeout=3)
     by_name = {r.name: r for r in scope.reports}
     assert by_name["ok"].result == [0, 1, 2, 3]
     assert by_name["doomed"].outcome is df.Outcome.TIMED_OUT

@@ -12,13 +12,15 @@ from typing import NoReturn
 
 import pytest
 
+from conftest import ATOMIC
+
 import divergefork as df
 from divergefork import _atomic, _shared
 from divergefork._demo import race
 from divergefork._shared import Sync
 
-EXACT_MODES: list[Sync] = ["lock", "atomic", "sharded"]
-ALL_MODES: list[Sync] = ["none", *EXACT_MODES]
+EXACT_MODES: list[object] = ["lock", ATOMIC, "sharded"]
+ALL_MODES: list[object] = ["none", *EXACT_MODES]
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,15 @@ def test_none_loses_updates_when_running_free() -> None:
     assert 0 < result.lost < result.expected
 
 
-def test_add_takes_any_int_including_negative() -> None:
-    for sync in ALL_MODES:
-        with df.SharedCounter(sync) as counter:
-            counter.add()
-            counter.add(41)
-            counter.add(n=-2)
-            counter.add_repeatedly(3, n=-5)
-            counter.add_repeatedly(0)
-            assert counter.value == 25, sync
+@pytest.mark.parametrize("sync", ALL_MODES)
+def test_add_takes_any_int_including_negative(sync: Sync) -> None:
+    with df.SharedCounter(sync) as counter:
+        counter.add()
+        counter.add(41)
+        counter.add(n=-2)
+        counter.add_repeatedly(3, n=-5)
+        counter.add_repeatedly(0)
+        assert counter.value == 25
 
 
 def test_sharded_child_claims_its_own_slot_even_through_an_add_bound_before_fork() -> None:
