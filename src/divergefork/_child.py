@@ -51,6 +51,8 @@ _SIGKILL: Final = int(signal.SIGKILL)
 _PR_SET_PDEATHSIG: Final = 1
 _prctl: Final = _linux.prctl_function()
 _pthread_sigmask: Final = _linux.raw_pthread_sigmask
+_getsignal: Final = _linux.raw_getsignal
+_SIGTERM: Final = int(signal.SIGTERM)
 _SIG_SETMASK: Final = signal.SIG_SETMASK
 _RESTORE_AT_EXEC: Final = tuple(
     getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
@@ -80,7 +82,6 @@ def run(
     kill_on_parent_exit: bool,
     new_group: bool,
     capture: tuple[int, int, int, int] | None,
-    reset_sigterm: bool,
     sigmask: set[int],
 ) -> NoReturn:
     """The child's whole life after ``fork``: set up, call the entry, end in ``os._exit``.
@@ -95,8 +96,7 @@ def run(
             _status_fd = status_fd
             _pthread_sigmask(_SIG_SETMASK, sigmask)
             if new_group:
-                # The parent calls setpgid too: whoever runs first wins the race with a
-                # deadline's killpg, and the loser's call is harmless.
+                # First, before anything that could fork: grandchildren must be in the group.
                 try:
                     os.setpgid(0, 0)
                 except OSError:
@@ -111,7 +111,7 @@ def run(
                 if os.getppid() != parent_pid:
                     code = 128 + _SIGKILL
                     _exit(code)
-            if reset_sigterm:
+            if callable(_getsignal(_SIGTERM)):
                 # A Python SIGTERM handler inherited from the parent would turn a deadline
                 # into an exception in the entry; the kernel's default is what we promise.
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)

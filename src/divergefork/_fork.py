@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import signal
@@ -38,9 +37,8 @@ _ALL_SIGNALS: Final = _linux.ALL_SIGNALS
 
 # The C-level getsignal: signal.getsignal wraps its answer in an enum member, and in a parent
 # that forks hundreds of children every object touched per fork is a page copied per fork.
-_getsignal: Final[Callable[[int], object]] = importlib.import_module("_signal").getsignal
+_getsignal: Final = _linux.raw_getsignal
 _SIGCHLD: Final = int(signal.SIGCHLD)
-_SIGTERM: Final = int(signal.SIGTERM)
 _SIG_IGN: Final = int(signal.SIG_IGN)
 
 # threading.active_count() takes a lock and touches a dozen pages; the two registries it
@@ -199,7 +197,6 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
         status_r, status_w = os.pipe2(_PIPE_FLAGS)
         if options.capture:
             capture = _capture_pipes()
-        reset_sigterm = callable(_getsignal(_SIGTERM))
         parent = _pid
         # Everything the parent needs is built before the fork: while the child lives, each
         # page the parent writes is copied (a few microseconds a page), so the parent does
@@ -216,7 +213,6 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
                 kill_on_parent_exit=options.on_parent_exit == "kill",
                 new_group=options.new_group,
                 capture=capture,
-                reset_sigterm=reset_sigterm,
                 sigmask=mask,
             )
         child.pid = pid
@@ -226,11 +222,9 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
             os.close(capture[1])
             os.close(capture[3])
             capture = (capture[0], -1, capture[2], -1)
-        if options.new_group:
-            try:
-                os.setpgid(pid, pid)
-            except OSError:
-                pass  # the child already did it, or already exec'd
+        # No setpgid(pid, pid) here as shells do: the child makes its group before it runs
+        # anything that could fork, and until then a deadline's signal still reaches it
+        # through its pidfd (or pid); a killpg that finds no group yet has nobody else to hit.
         # Opened after fork: if the child is already a zombie the pidfd still refers to it.
         # Without one (no kernel support, or out of descriptors) the waiter polls instead.
         try:

@@ -37,6 +37,8 @@ HAVE_FORK: Final = hasattr(os, "fork")
 raw_pthread_sigmask: Final[Callable[[int, Iterable[int]], set[int]]] = importlib.import_module(
     "_signal"
 ).pthread_sigmask
+#: The C-level getsignal: signal.getsignal wraps its answer in an enum member.
+raw_getsignal: Final[Callable[[int], object]] = importlib.import_module("_signal").getsignal
 #: Every signal that can be blocked: blocked around fork() so that no Python handler can raise
 #: between the child's creation and its registration.
 ALL_SIGNALS: Final = frozenset(int(s) for s in signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
