@@ -55,6 +55,19 @@ def python_command(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+@pytest.fixture(params=["pidfd", "polling"])
+def reaping(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Reap with pidfds, then with the fallback that polls ``waitid`` (as without pidfds)."""
+    from divergefork import _linux
+
+    if request.param == "pidfd" and not _linux.have_pidfd():
+        pytest.skip("this kernel has no pidfd")
+    saved = _linux._have_pidfd
+    _linux._have_pidfd = request.param == "pidfd"
+    yield str(request.param)
+    _linux._have_pidfd = saved
+
+
 @pytest.fixture(autouse=True)
 def no_child_left_behind() -> Iterator[None]:
     before = child_pids()

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,15 +21,8 @@ import divergefork as df
 from divergefork import _linux
 
 
-@pytest.fixture(params=["pidfd", "polling"], autouse=True)
-def reaping(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run every test with pidfds and with the fallback that polls waitid (no pidfd)."""
-    if request.param == "pidfd" and not _linux.have_pidfd():
-        pytest.skip("this kernel has no pidfd")
-    saved = _linux._have_pidfd
-    _linux._have_pidfd = request.param == "pidfd"
-    yield str(request.param)
-    _linux._have_pidfd = saved
+# Every test runs twice: with pidfds, and with the fallback that polls waitid.
+pytestmark = pytest.mark.usefixtures("reaping")
 
 
 # --- entries -------------------------------------------------------------------------------

@@ -14,17 +14,10 @@ import pytest
 from conftest import child_pids, pid_alive, wait_until
 
 import divergefork as df
-from divergefork import _linux
 
 
-@pytest.fixture(params=["pidfd", "polling"], autouse=True)
-def reaping(request: pytest.FixtureRequest) -> Iterator[None]:
-    if request.param == "pidfd" and not _linux.have_pidfd():
-        pytest.skip("this kernel has no pidfd")
-    saved = _linux._have_pidfd
-    _linux._have_pidfd = request.param == "pidfd"
-    yield
-    _linux._have_pidfd = saved
+# Every test runs twice: with pidfds, and with the fallback that polls waitid.
+pytestmark = pytest.mark.usefixtures("reaping")
 
 
 def sleep_then_exit(seconds_and_code: tuple[float, int]) -> NoReturn:
