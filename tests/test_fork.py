@@ -791,3 +791,15 @@ def test_running_out_of_descriptors_for_capture_leaks_none() -> None:
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("refused"), proc.stdout
     assert lines[1] == "same fds"
+
+
+def test_a_stopped_child_is_continued_so_sigterm_ends_it() -> None:
+    def stop_self(_: None) -> NoReturn:
+        os.kill(os.getpid(), signal.SIGSTOP)
+        time.sleep(60)
+        df.exit_child(0)
+
+    report = df.fork(None, stop_self, timeout=0.5, grace=30).wait()
+    assert report.outcome is df.Outcome.TIMED_OUT
+    assert report.signal is signal.SIGTERM  # not SIGKILL after the 30 s grace
+    assert report.duration < 10

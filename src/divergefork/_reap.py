@@ -213,6 +213,12 @@ class Waiter:
         if child.new_group:
             # The child's own children share its group: they get the same signal.
             _linux.signal_group(child.pid, sig)
+        if sig == signal.SIGTERM:
+            # A stopped process (SIGSTOP, or SIGTTIN for reading the terminal from a background
+            # group) keeps SIGTERM pending until it is continued: continue it, as init systems do.
+            _linux.signal_process(child.pid, child.pidfd, signal.SIGCONT)
+            if child.new_group:
+                _linux.signal_group(child.pid, signal.SIGCONT)
 
     def _schedule(self, child: Child, when: float) -> None:
         self._seq += 1
