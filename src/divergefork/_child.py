@@ -94,7 +94,6 @@ def run(
     try:
         try:
             _status_fd = status_fd
-            _pthread_sigmask(_SIG_SETMASK, sigmask)
             if new_group:
                 # First, before anything that could fork: grandchildren must be in the group.
                 try:
@@ -115,6 +114,9 @@ def run(
                 # A Python SIGTERM handler inherited from the parent would turn a deadline
                 # into an exception in the entry; the kernel's default is what we promise.
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # Only now, in its own group and with its handlers set, may signals reach it: a
+            # terminal's Ctrl-C meant for the parent's group, or an early deadline's SIGTERM.
+            _pthread_sigmask(_SIG_SETMASK, sigmask)
             if capture is not None:
                 _redirect_output(capture)
             # Typed as what it may do at run time, not what it promises: it may return.
