@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from divergefork import _cli
+from divergefork import _check
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 2.0
@@ -35,30 +35,12 @@ def targets() -> list[Path]:
 
 
 def check_command(paths: list[Path]) -> list[str]:
-    if hasattr(_cli.build_parser().parse_args(["check"]), "check_main"):
-        return [sys.executable, "-m", "divergefork", "check", *map(str, paths)]
-    # Until the command line dispatches `check`, call the same code through its seam.
-    seam = (
-        "import argparse, sys\nfrom divergefork import _check\n"
-        "p = argparse.ArgumentParser()\n_check.configure(p)\n"
-        "sys.exit(_check.main(p.parse_args(sys.argv[1:])))\n"
-    )
-    return [sys.executable, "-c", seam, *map(str, paths)]
+    return [sys.executable, "-m", "divergefork", "check", *map(str, paths)]
 
 
 def plain_command(paths: list[Path], config: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "mypy",
-        "--config-file",
-        str(config),
-        "--strict",
-        "--no-incremental",
-        "--cache-dir",
-        "/dev/null",
-        *map(str, paths),
-    ]
+    # The gate's own mypy command line, so both sides differ only by the plugin in the config.
+    return _check.mypy_command(config, [str(p) for p in paths])
 
 
 def timed(command: list[str], cwd: Path) -> tuple[float, int]:

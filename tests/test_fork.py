@@ -637,7 +637,7 @@ print("same fds" if sorted(os.listdir("/proc/self/fd")) == before else "leaked f
 """
 
 
-def test_failed_fork_leaks_nothing(tmp_path: Path) -> None:
+def test_failed_fork_leaks_nothing() -> None:
     # A real EAGAIN from fork(): a pids cgroup that allows one process (root ignores
     # RLIMIT_NPROC, but not a cgroup's pids.max).
     cgroup = Path("/sys/fs/cgroup/pids") / f"divergefork-test-{os.getpid()}"

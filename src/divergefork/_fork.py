@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Final, Literal, NoReturn, TypeVar, final
 from . import _child, _linux
 from ._errors import DivergeforkError, ForkUnsafeError
 
-from . import _reap
 from ._reap import Waiter
 
 from ._report import Outcome, Report
@@ -45,12 +44,6 @@ _SIG_IGN: Final = int(signal.SIG_IGN)
 # counts are what we need (Python threads, running or starting).
 _active: Final[dict[int, threading.Thread]] = getattr(threading, "_active", {})
 _limbo: Final[dict[object, threading.Thread]] = getattr(threading, "_limbo", {})
-
-
-def _other_threads() -> bool:
-    if _active or _limbo:
-        return len(_active) + len(_limbo) != 1
-    return threading.active_count() != 1
 
 
 # This process's pid, kept current by an at-fork hook instead of a getpid() per fork.
@@ -400,12 +393,7 @@ class Child:
     def kill(self) -> Report:
         """SIGKILL the child and its group, reap, report."""
         if self.report is None:
-            waiter = self._waiter()
-            if not _reap.has_ended(self):
-                if self.reason is None:
-                    self.reason = "terminated"
-                self.stage = max(self.stage, 1)  # straight to SIGKILL
-            waiter.escalate(self, 0.0, "terminated")
+            self._waiter().escalate(self, 0.0, "terminated", kill=True)
         return self.wait()
 
     def _waiter(self) -> Waiter:

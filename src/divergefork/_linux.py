@@ -25,7 +25,6 @@ __all__ = [
     "HAVE_PDEATHSIG",
     "have_pidfd",
     "pidfd_open",
-    "set_parent_death_signal",
     "signal_process",
     "signal_group",
 ]
@@ -68,21 +67,13 @@ _prctl: Final = _load_prctl()
 HAVE_PDEATHSIG: Final = _prctl is not None
 
 
-def set_parent_death_signal(sig: int) -> bool:
-    """Ask the kernel to send ``sig`` to this process when its parent thread dies."""
-    if _prctl is None:
-        return False
-    result: int = _prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    return result == 0
-
-
 def prctl_function() -> ctypes._NamedFuncPointer | None:
     """libc's ``prctl`` as a ctypes function (plain int arguments), or None off Linux."""
     return _prctl
 
 
 def parent_death_signal() -> int:
-    """The signal set by :func:`set_parent_death_signal` (0 for none); for tests."""
+    """This process's parent-death signal (0 for none); for tests."""
     if _prctl is None:
         return 0
     sig = ctypes.c_int(0)

@@ -35,7 +35,7 @@ from ._report import RETURNED_EXIT_CODE, Outcome, Report
 if TYPE_CHECKING:
     from ._fork import Child
 
-__all__ = ["CAPTURE_LIMIT", "OutputCallback", "Waiter", "has_ended"]
+__all__ = ["CAPTURE_LIMIT", "OutputCallback", "Waiter"]
 
 #: ``on_output(child_name, "stdout" | "stderr", chunk)``: captured output as it arrives.
 OutputCallback: TypeAlias = Callable[[str, str, bytes], None]
@@ -61,7 +61,6 @@ class Waiter:
     __slots__ = (
         "_ep",
         "_child_of",
-        "_kind_of",
         "_heap",
         "_seq",
         "_polled",
@@ -78,7 +77,6 @@ class Waiter:
         # Indexed by descriptor number (descriptors are small and dense): no dict, no tuple per
         # child, so a parent forking hundreds of children touches few pages per fork.
         self._child_of: list[Child | None] = []
-        self._kind_of: list[int] = []
         self._heap: list[tuple[float, int, Child, int]] = []
         self._seq = 0
         self._polled: list[Child] = []
@@ -99,36 +97,22 @@ class Waiter:
         # Descriptors are allocated lowest first, so the pidfd (opened last) is the highest.
         top = max(status, -1 if pidfd is None else pidfd, child.err_fd)
         if top >= len(children):
-            grow = top + 64 - len(children)
-            children.extend([None] * grow)
-            self._kind_of.extend([0] * grow)
-        # Inlined (not a _watch() per descriptor): see _fork.start() on pages copied per fork.
+            children.extend([None] * (top + 64 - len(children)))
+        # Inlined (no helper per descriptor): see _fork.start() on pages copied per fork.
         if pidfd is not None:
             children[pidfd] = child
-            self._kind_of[pidfd] = _PIDFD
             ep.register(pidfd, select.EPOLLIN)
         else:
             self._polled.append(child)
         children[status] = child
-        self._kind_of[status] = _STATUS
         ep.register(status, select.EPOLLIN)
         if child.out_fd >= 0:
-            self._watch(child.out_fd, child, _OUT)
-            self._watch(child.err_fd, child, _ERR)
+            children[child.out_fd] = children[child.err_fd] = child
+            ep.register(child.out_fd, select.EPOLLIN)
+            ep.register(child.err_fd, select.EPOLLIN)
         if child.deadline is not None:
             self._schedule(child, child.deadline)
         self.running.append(child)  # last: only a fully watched child is waited for
-
-    def _watch(self, fd: int, child: Child, kind: int) -> None:
-        assert self._ep is not None
-        children = self._child_of
-        if fd >= len(children):
-            grow = fd + 64 - len(children)
-            children.extend([None] * grow)
-            self._kind_of.extend([0] * grow)
-        children[fd] = child
-        self._kind_of[fd] = kind
-        self._ep.register(fd, select.EPOLLIN)
 
     def silence(self) -> None:
         """Stop calling ``on_output``; captured output is still kept in the reports."""
@@ -174,10 +158,11 @@ class Waiter:
             for fd, _ in events:
                 owner = self._child_of[fd]
                 assert owner is not None
-                kind = self._kind_of[fd]
-                if kind == _PIDFD:
+                if fd == owner.pidfd:
                     ended.append(owner)
-                elif self._read(fd, owner, kind) is _EOF and owner.pidfd is None:
+                    continue
+                kind = _STATUS if fd == owner.status_fd else _OUT if fd == owner.out_fd else _ERR
+                if self._read(fd, owner, kind) is _EOF and owner.pidfd is None:
                     # EOF on the status pipe: without a pidfd it is our best hint of an exit.
                     self._backoff = _BACKOFF_MIN
             for child in ended:
@@ -191,18 +176,19 @@ class Waiter:
                 self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
         return reaped
 
-    def escalate(self, child: Child, grace: float, reason: str) -> None:
+    def escalate(self, child: Child, grace: float, reason: str, *, kill: bool = False) -> None:
         """Move a child one step down SIGTERM -> (grace) -> SIGKILL, for it and its group.
 
-        ``reason`` ("timed_out", "cancelled", "terminated") is recorded on the first step.
-        A child that already ended on its own is left alone: the loop reaps it with the
-        outcome it earned, even when nobody waited for it until after its deadline.
+        ``kill`` goes straight to SIGKILL. ``reason`` ("timed_out", "cancelled", "terminated")
+        is recorded on the first step. A child that already ended on its own is left alone:
+        the loop reaps it with the outcome it earned, even when nobody waited for it until
+        after its deadline.
         """
         if child.report is not None or has_ended(child):
             return
-        if child.stage == 0:
-            if child.reason is None:
-                child.reason = reason
+        if child.reason is None:
+            child.reason = reason
+        if child.stage == 0 and not kill:
             sig = signal.SIGTERM
             child.stage = 1
             self._schedule(child, time.monotonic() + grace)

@@ -238,8 +238,7 @@ class Scope:
                         if child.stage == 0:
                             waiter.escalate(child, child.grace, "cancelled")
                     elif child.stage < 2:
-                        child.stage = 1
-                        waiter.escalate(child, 0.0, "cancelled")
+                        waiter.escalate(child, 0.0, "cancelled", kill=True)
                 while waiter.running:
                     try:
                         waiter.step(None)

@@ -302,6 +302,17 @@ def _failed_update(mapping: _Mapping, word: int, n: object) -> Exception:
 # until something is raised.
 
 
+def _first_word(words: memoryview) -> Callable[[], int]:
+    """The reader of the one shared word: an aligned 8-byte load is never torn, so no mode
+    needs its lock (or an atomic) to read it."""
+
+    def value() -> int:
+        count: int = words[0]
+        return count
+
+    return value
+
+
 def _plain(mapping: _Mapping) -> tuple[_Add, _AddRepeatedly, Callable[[], int]]:
     words = mapping.words
     low, high = _INT64_MIN, _INT64_MAX  # closure cells: faster than globals per update
@@ -325,11 +336,7 @@ def _plain(mapping: _Mapping) -> tuple[_Add, _AddRepeatedly, Callable[[], int]]:
         except ValueError:
             raise _failed_update(mapping, 0, n) from None
 
-    def value() -> int:
-        count: int = words[0]
-        return count
-
-    return add, add_repeatedly, value
+    return add, add_repeatedly, _first_word(words)
 
 
 def _locked(mapping: _Mapping) -> tuple[_Add, _AddRepeatedly, Callable[[], int]]:
@@ -364,12 +371,7 @@ def _locked(mapping: _Mapping) -> tuple[_Add, _AddRepeatedly, Callable[[], int]]
         except ValueError:
             raise _failed_update(mapping, 0, n) from None
 
-    def value() -> int:
-        # An aligned 8-byte load is never torn, so reading needs no lock.
-        count: int = words[0]
-        return count
-
-    return add, add_repeatedly, value
+    return add, add_repeatedly, _first_word(words)
 
 
 def _atomic(
@@ -410,11 +412,7 @@ def _atomic(
             if not low <= old <= high:
                 raise undo(old, n)
 
-    def value() -> int:
-        count: int = words[0]
-        return count
-
-    return add, add_repeatedly, value
+    return add, add_repeatedly, _first_word(words)
 
 
 def _sharded(mapping: _Mapping, slots: int) -> tuple[_Add, _AddRepeatedly, Callable[[], int]]:
