@@ -769,6 +769,34 @@ def test_interrupts_during_the_fork_loop_never_lose_a_child() -> None:
     assert interrupted > 0  # the interrupts really landed inside the loop
 
 
+def test_a_mask_buffer_restores_only_what_it_saved() -> None:
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    unused = _linux.mask_buffer()
+    _linux.restore_signals(unused)  # never saved: must not touch the mask
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+    saved = _linux.mask_buffer()
+    try:
+        _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, saved)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        assert signal.SIGINT in blocked and signal.SIGTERM in blocked
+    finally:
+        _linux.restore_signals(saved)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+
+
+def test_the_child_runs_with_the_callers_signal_mask() -> None:
+    def report_mask(_: None) -> NoReturn:
+        df.exit_child(0, result=sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    try:
+        report = df.fork(None, report_mask).wait()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1])
+    assert report.ok, report.describe()
+    assert report.result == [int(signal.SIGUSR1)]
+
+
 CAPTURE_EMFILE_SCRIPT = """
 import os, resource, divergefork as df
 def entry(_):

@@ -23,6 +23,7 @@ A child that just exits writes nothing at all: the fast path costs no system cal
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -50,10 +51,10 @@ _HEADER: Final = struct.Struct("!cI")
 _SIGKILL: Final = int(signal.SIGKILL)
 _PR_SET_PDEATHSIG: Final = 1
 _prctl: Final = _linux.prctl_function()
-_pthread_sigmask: Final = _linux.raw_pthread_sigmask
+_pthread_sigmask: Final = _linux.pthread_sigmask
 _getsignal: Final = _linux.raw_getsignal
 _SIGTERM: Final = int(signal.SIGTERM)
-_SIG_SETMASK: Final = signal.SIG_SETMASK
+_SIG_SETMASK: Final = _linux.SIG_SETMASK
 _RESTORE_AT_EXEC: Final = tuple(
     getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
 )
@@ -82,7 +83,7 @@ def run(
     kill_on_parent_exit: bool,
     new_group: bool,
     capture: tuple[int, int, int, int] | None,
-    sigmask: set[int],
+    sigmask: ctypes.Array[ctypes.c_ubyte],
 ) -> NoReturn:
     """The child's whole life after ``fork``: set up, call the entry, end in ``os._exit``.
 
@@ -116,7 +117,7 @@ def run(
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
             # Only now, in its own group and with its handlers set, may signals reach it: a
             # terminal's Ctrl-C meant for the parent's group, or an early deadline's SIGTERM.
-            _pthread_sigmask(_SIG_SETMASK, sigmask)
+            _pthread_sigmask(_SIG_SETMASK, sigmask, None)
             if capture is not None:
                 _redirect_output(capture)
             # Typed as what it may do at run time, not what it promises: it may return.

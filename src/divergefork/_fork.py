@@ -28,11 +28,22 @@ OnParentExit = Literal["kill", "keep"]
 Threads = Literal["refuse", "warn", "allow"]
 
 _PIPE_FLAGS: Final = os.O_CLOEXEC
+# Bound here, not looked up per fork: reading os.fork writes the os module's reference count,
+# one more page copied per fork (see start()).
+_os_fork: Final = os.fork
+_os_pipe2: Final = os.pipe2
+_os_close: Final = os.close
+_monotonic: Final = time.monotonic
+_pidfd_open: Final[Callable[[int], int]] = getattr(os, "pidfd_open", _linux.no_pidfd_open)
 _HAVE_FORK: Final = _linux.HAVE_FORK
-_pthread_sigmask: Final = _linux.raw_pthread_sigmask
-_SIG_BLOCK: Final = int(signal.SIG_BLOCK)
-_SIG_SETMASK: Final = int(signal.SIG_SETMASK)
-_ALL_SIGNALS: Final = _linux.ALL_SIGNALS
+_pthread_sigmask: Final = _linux.pthread_sigmask
+_spare_masks: Final = _linux.spare_masks
+_SigSet: Final = _linux.SigSet
+_UNSAVED_BYTE: Final = _linux.UNSAVED_BYTE
+_UNSAVED_BIT: Final = _linux.UNSAVED_BIT
+_SIG_SETMASK: Final = _linux.SIG_SETMASK
+_SIG_BLOCK: Final = _linux.SIG_BLOCK
+_EVERY_SIGNAL: Final = _linux.EVERY_SIGNAL
 
 # The C-level getsignal: signal.getsignal wraps its answer in an enum member, and in a parent
 # that forks hundreds of children every object touched per fork is a page copied per fork.
@@ -167,6 +178,11 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
         _threads_at_fork(options.threads)
     if _orphans:
         _reap_orphans()
+    if waiter is not None and waiter.owner != _pid:
+        raise DivergeforkError(
+            f"this Scope belongs to process {waiter.owner}; process {os.getpid()} cannot fork "
+            "into it: a child must open a Scope of its own"
+        )
 
     # Text still in a buffer would be written twice: once by the parent, once by the child.
     stream = sys.stdout
@@ -179,15 +195,17 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
     # Every signal is blocked from before the fork until the child is registered: a Python
     # handler (Ctrl-C's KeyboardInterrupt) raising in between would lose the child's pid, and
     # with it the only way to reap and supervise it. The child restores the mask itself.
-    # Read the mask first, block inside the try: a Python handler may raise as soon as any
-    # call returns, and the finally below must then still restore what was there before.
-    mask = _pthread_sigmask(_SIG_BLOCK, ())
+    # Block inside the try: a Python handler may raise as soon as any call returns, and the
+    # finally below must then restore the mask if (and only if) it was saved. This is
+    # _linux.mask_buffer() and restore_signals(), inlined (two fewer functions called).
+    mask = _spare_masks.pop() if _spare_masks else _SigSet()
+    mask[_UNSAVED_BYTE] = _UNSAVED_BIT
     status_r = status_w = -1
     capture = None
     pid = -1
     try:
-        _pthread_sigmask(_SIG_BLOCK, _ALL_SIGNALS)
-        status_r, status_w = os.pipe2(_PIPE_FLAGS)
+        _pthread_sigmask(_SIG_BLOCK, _EVERY_SIGNAL, mask)
+        status_r, status_w = _os_pipe2(_PIPE_FLAGS)
         if options.capture:
             capture = _capture_pipes()
         parent = _pid
@@ -195,8 +213,8 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
         # page the parent writes is copied (a few microseconds a page), so the parent does
         # as little as possible between fork and wait.
         child = Child(entry, options, status_r, capture)
-        child.started = time.monotonic()
-        pid = os.fork()
+        child.started = _monotonic()
+        pid = _os_fork()
         if pid == 0:
             _child.run(
                 value,
@@ -209,7 +227,7 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
                 sigmask=mask,
             )
         child.pid = pid
-        os.close(status_w)
+        _os_close(status_w)
         status_w = -1
         if capture is not None:
             os.close(capture[1])
@@ -221,10 +239,10 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
         # Opened after fork: if the child is already a zombie the pidfd still refers to it.
         # Without one (no kernel support, or out of descriptors) the waiter polls instead.
         try:
-            if _linux._have_pidfd:
-                child.pidfd = os.pidfd_open(pid)
-            elif _linux._have_pidfd is None:
+            if waiter is None:
                 child.pidfd = _linux.pidfd_open(pid)
+            elif waiter.pidfds:
+                child.pidfd = _pidfd_open(pid)
         except OSError:
             pass
         if child.deadline is not None:
@@ -236,7 +254,9 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
         _abandon(pid, status_r, status_w, capture, child if pid > 0 else None)
         raise
     finally:
-        _pthread_sigmask(_SIG_SETMASK, mask)
+        if not mask[_UNSAVED_BYTE] & _UNSAVED_BIT:
+            _pthread_sigmask(_SIG_SETMASK, mask, None)
+        _spare_masks.append(mask)
     return child
 
 

@@ -17,7 +17,7 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
 __all__ = [
@@ -31,16 +31,64 @@ __all__ = [
 
 HAVE_FORK: Final = hasattr(os, "fork")
 
-# The C-level pthread_sigmask: signal.pthread_sigmask converts its answer into a set of enum
-# members; this one takes and returns plain ints. Used around every fork.
-raw_pthread_sigmask: Final[Callable[[int, Iterable[int]], set[int]]] = importlib.import_module(
-    "_signal"
-).pthread_sigmask
 #: The C-level getsignal: signal.getsignal wraps its answer in an enum member.
 raw_getsignal: Final[Callable[[int], object]] = importlib.import_module("_signal").getsignal
-#: Every signal that can be blocked: blocked around fork() so that no Python handler can raise
-#: between the child's creation and its registration.
-ALL_SIGNALS: Final = frozenset(int(s) for s in signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+
+# pthread_sigmask through ctypes, on pre-built sigset_t buffers. Signals are blocked around
+# every fork and every reap, and in a parent that has just forked every page it writes is
+# copied (see _fork.start): signal.pthread_sigmask builds a set of ~62 ints per call, about
+# 6 page copies each; one ctypes call writing into a buffer costs about 4 (measured).
+#: A sigset_t (128 bytes on glibc and musl, more than any other libc uses).
+SigSet: Final = ctypes.c_ubyte * 128
+SIG_BLOCK: Final = int(signal.SIG_BLOCK)
+SIG_SETMASK: Final = int(signal.SIG_SETMASK)
+# SIGKILL can never be blocked, so a mask the kernel saved never has its bit set: a buffer
+# still holding it was never written. Signal n is bit n - 1 of the first unsigned long.
+_WORD: Final = ctypes.sizeof(ctypes.c_ulong)
+UNSAVED_BYTE: Final = (
+    (signal.SIGKILL - 1) // 8 if sys.byteorder == "little" else _WORD - 1 - (signal.SIGKILL - 1) // 8
+)
+UNSAVED_BIT: Final = 1 << (signal.SIGKILL - 1) % 8
+
+
+def _load_sigmask() -> tuple[ctypes._NamedFuncPointer, ctypes.Array[ctypes.c_ubyte]]:
+    libc = ctypes.CDLL(None)
+    sigmask = libc.pthread_sigmask
+    sigmask.restype = ctypes.c_int
+    every = SigSet()
+    libc.sigfillset(every)  # the kernel silently keeps SIGKILL and SIGSTOP unblocked
+    return sigmask, every
+
+
+#: ``pthread_sigmask(how, set, oldset)`` with ``SigSet`` buffers (or None); returns 0 or an errno.
+pthread_sigmask, EVERY_SIGNAL = _load_sigmask()
+# Spare buffers for saved masks (one per nested use; a signal handler may fork while we hold one).
+spare_masks: Final[list[ctypes.Array[ctypes.c_ubyte]]] = []
+
+
+def mask_buffer() -> ctypes.Array[ctypes.c_ubyte]:
+    """A buffer for the mask that blocking every signal saves, marked as not yet written.
+
+    The pattern, safe against a Python signal handler raising at any point::
+
+        saved = mask_buffer()
+        try:
+            pthread_sigmask(SIG_BLOCK, EVERY_SIGNAL, saved)
+            ...
+        finally:
+            restore_signals(saved)
+    """
+    saved = spare_masks.pop() if spare_masks else SigSet()
+    saved[UNSAVED_BYTE] = UNSAVED_BIT
+    return saved
+
+
+def restore_signals(saved: ctypes.Array[ctypes.c_ubyte]) -> None:
+    """Restore the mask saved in ``saved`` (nothing if it was never saved); recycle the buffer."""
+    if not saved[UNSAVED_BYTE] & UNSAVED_BIT:
+        pthread_sigmask(SIG_SETMASK, saved, None)
+    spare_masks.append(saved)
+
 
 _PR_SET_PDEATHSIG: Final = 1
 _PR_GET_PDEATHSIG: Final = 2
@@ -110,6 +158,11 @@ def pidfd_open(pid: int) -> int | None:
     if not have_pidfd():
         return None
     return os.pidfd_open(pid)
+
+
+def no_pidfd_open(pid: int) -> int:
+    """Stands in for ``os.pidfd_open`` where Python lacks it (never called: no pidfds there)."""
+    raise OSError(errno.ENOSYS, "pidfd_open is not available")
 
 
 def signal_process(pid: int, pidfd: int | None, sig: int) -> bool:

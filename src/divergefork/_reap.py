@@ -48,9 +48,6 @@ _STATUS_LIMIT: Final = MAX_RESULT_BYTES + 2 * _READ_SIZE
 _HEADER: Final = struct.Struct("!cI")
 _PIDFD, _STATUS, _OUT, _ERR = range(4)
 _DATA, _AGAIN, _EOF = object(), object(), object()
-_pthread_sigmask: Final = _linux.raw_pthread_sigmask
-_SIG_BLOCK: Final = int(signal.SIG_BLOCK)
-_SIG_SETMASK: Final = int(signal.SIG_SETMASK)
 _BACKOFF_MIN: Final = 0.0005
 _BACKOFF_MAX: Final = 0.05
 
@@ -69,10 +66,16 @@ class Waiter:
         "_on_output",
         "running",
         "ended",
+        "owner",
+        "pidfds",
     )
 
     def __init__(self, *, private: bool = False, on_output: OutputCallback | None = None) -> None:
         self._on_output = on_output
+        #: The process that made this waiter: only it may add children.
+        self.owner = os.getpid()
+        #: Whether children get a pidfd (probed once per waiter: tests switch it per test).
+        self.pidfds = _linux.have_pidfd()
         self._ep: select.epoll | None = select.epoll()
         # Indexed by descriptor number (descriptors are small and dense): no dict, no tuple per
         # child, so a parent forking hundreds of children touches few pages per fork.
@@ -322,9 +325,9 @@ def _finish(child: Child, on_output: OutputCallback | None = None) -> Report:
     just after wait4() returned would otherwise lose the exit status for good.
     """
     pid = child.pid
-    mask = _pthread_sigmask(_SIG_BLOCK, ())  # read first, block inside the try (see start())
+    mask = _linux.mask_buffer()  # block inside the try (see _linux.mask_buffer)
     try:
-        _pthread_sigmask(_SIG_BLOCK, _linux.ALL_SIGNALS)
+        _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
         if child.new_group:
             # Leftover grandchildren die with the child; the zombie still reserves the pid,
             # so this group id cannot belong to anyone else yet.
@@ -349,7 +352,7 @@ def _finish(child: Child, on_output: OutputCallback | None = None) -> Report:
                 _close(child, kind)
             report = child.report = _report(child, status, usage, ended)
     finally:
-        _pthread_sigmask(_SIG_SETMASK, mask)
+        _linux.restore_signals(mask)
     return report
 
 

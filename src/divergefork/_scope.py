@@ -22,9 +22,6 @@ T = TypeVar("T")
 _DEFAULT: Final[Any] = object()
 
 
-_ALL_DEFAULT: Final = (_DEFAULT,) * 6
-
-
 @final
 class Scope:
     """Fork children that all end (or are ended) before the ``with`` block is left.
@@ -137,13 +134,22 @@ class Scope:
         Takes the same arguments as ``divergefork.fork``; options not given are the scope's.
         """
         # Inlined checks: see start() on why this path calls as few functions as it can.
-        if self._state != "open" or self._owner != _fork._pid:
+        # (start() refuses a child process forking into its parent's scope.)
+        if self._state != "open":
             self._check_open("fork")
         maybe_entry: object = entry  # typed as what a caller may really pass
         if not callable(maybe_entry):
             check_entry(maybe_entry)
         d = self._defaults
-        if name is None and (timeout, grace, on_parent_exit, new_group, threads, capture) == _ALL_DEFAULT:
+        # Identity tests, not a tuple compare: nothing is built per call (see start()). Through
+        # names typed object, so that mypy does not narrow one option against another.
+        t: object = timeout
+        g: object = grace
+        o: object = on_parent_exit
+        n: object = new_group
+        r: object = threads
+        c: object = capture
+        if name is None and t is _DEFAULT and g is _DEFAULT and o is _DEFAULT and n is _DEFAULT and r is _DEFAULT and c is _DEFAULT:
             options = d  # validated once, shared by every child that takes the defaults
         else:
             options = Options(
