@@ -313,8 +313,7 @@ class Child:
         "err_buf",
         "started",
         "deadline",
-        "grace",
-        "new_group",
+        "options",
         "stage",
         "reason",
         "report",
@@ -334,8 +333,10 @@ class Child:
         self.pid = 0
         self.report: Report | None = None
         # The default name is computed when first asked for, not while forking.
-        self._name = options.name
+        self._name: str | None = None
         self._entry = entry
+        #: As given to fork() (grace, new_group...); read when needed, not copied per fork.
+        self.options = options
         self.pidfd: int | None = None
         self.status_fd = status_fd
         self.out_fd = -1 if capture is None else capture[0]
@@ -347,8 +348,6 @@ class Child:
         self.started = 0.0
         #: Relative to ``started`` until the fork, then absolute (monotonic clock).
         self.deadline = options.timeout
-        self.grace = options.grace
-        self.new_group = options.new_group
         #: 0 running; 1 SIGTERM sent, SIGKILL due; 2 SIGKILL sent.
         self.stage = 0
         #: Why we are ending it: None, "timed_out", "cancelled" or "terminated".
@@ -361,7 +360,7 @@ class Child:
         """The child's name in reports: ``name=`` or the entry's qualified name."""
         name = self._name
         if name is None:
-            name = self._name = entry_name(self._entry)
+            name = self._name = self.options.name or entry_name(self._entry)
         return name
 
     def __repr__(self) -> str:

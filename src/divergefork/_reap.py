@@ -48,6 +48,7 @@ _STATUS_LIMIT: Final = MAX_RESULT_BYTES + 2 * _READ_SIZE
 _HEADER: Final = struct.Struct("!cI")
 _PIDFD, _STATUS, _OUT, _ERR = range(4)
 _DATA, _AGAIN, _EOF = object(), object(), object()
+_EPOLLIN: Final = select.EPOLLIN
 _BACKOFF_MIN: Final = 0.0005
 _BACKOFF_MAX: Final = 0.05
 
@@ -86,7 +87,9 @@ class Waiter:
         self._backoff = _BACKOFF_MIN
         #: A private waiter serves one child and closes itself when that child is reaped.
         self._private = private
-        #: The children added and not yet reaped, in the order they were added.
+        #: The children added and not yet reaped, in the order they were added. A list, not an
+        #: ordered dict: appending writes fewer pages per fork than a dict insert, and
+        #: removing one of 500 (a scan of pointers) costs about a microsecond.
         self.running: list[Child] = []
         #: Reaped children (their report set) not yet collected by a Scope, in order of ending.
         self.ended: deque[Child] = deque()
@@ -97,22 +100,24 @@ class Waiter:
         children = self._child_of
         pidfd = child.pidfd
         status = child.status_fd
-        # Descriptors are allocated lowest first, so the pidfd (opened last) is the highest.
-        top = max(status, -1 if pidfd is None else pidfd, child.err_fd)
+        # Inlined, and no builtins called: see _fork.start() on pages copied per fork.
+        # Descriptors are allocated lowest first: the pidfd (opened last) is the highest.
+        top = status if pidfd is None else pidfd
+        if child.err_fd > top:
+            top = child.err_fd
         if top >= len(children):
             children.extend([None] * (top + 64 - len(children)))
-        # Inlined (no helper per descriptor): see _fork.start() on pages copied per fork.
         if pidfd is not None:
             children[pidfd] = child
-            ep.register(pidfd, select.EPOLLIN)
+            ep.register(pidfd, _EPOLLIN)
         else:
             self._polled.append(child)
         children[status] = child
-        ep.register(status, select.EPOLLIN)
+        ep.register(status, _EPOLLIN)
         if child.out_fd >= 0:
             children[child.out_fd] = children[child.err_fd] = child
-            ep.register(child.out_fd, select.EPOLLIN)
-            ep.register(child.err_fd, select.EPOLLIN)
+            ep.register(child.out_fd, _EPOLLIN)
+            ep.register(child.err_fd, _EPOLLIN)
         if child.deadline is not None:
             self._schedule(child, child.deadline)
         self.running.append(child)  # last: only a fully watched child is waited for
@@ -142,7 +147,7 @@ class Waiter:
                 while heap and heap[0][0] <= now:
                     _, _, child, stage = heapq.heappop(heap)
                     if child.report is None and child.stage == stage:
-                        self.escalate(child, child.grace, "timed_out")
+                        self.escalate(child, child.options.grace, "timed_out")
             if self._polled:
                 self._poll_exited(reaped)
                 if reaped:
@@ -199,14 +204,14 @@ class Waiter:
             sig = signal.SIGKILL
             child.stage = 2
         _linux.signal_process(child.pid, child.pidfd, sig)
-        if child.new_group:
+        if child.options.new_group:
             # The child's own children share its group: they get the same signal.
             _linux.signal_group(child.pid, sig)
         if sig == signal.SIGTERM:
             # A stopped process (SIGSTOP, or SIGTTIN for reading the terminal from a background
             # group) keeps SIGTERM pending until it is continued: continue it, as init systems do.
             _linux.signal_process(child.pid, child.pidfd, signal.SIGCONT)
-            if child.new_group:
+            if child.options.new_group:
                 _linux.signal_group(child.pid, signal.SIGCONT)
 
     def _schedule(self, child: Child, when: float) -> None:
@@ -328,7 +333,7 @@ def _finish(child: Child, on_output: OutputCallback | None = None) -> Report:
     mask = _linux.mask_buffer()  # block inside the try (see _linux.mask_buffer)
     try:
         _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
-        if child.new_group:
+        if child.options.new_group:
             # Leftover grandchildren die with the child; the zombie still reserves the pid,
             # so this group id cannot belong to anyone else yet.
             _linux.signal_group(pid, signal.SIGKILL)
@@ -445,7 +450,7 @@ def _report(child: Child, status: int, usage: resource.struct_rusage | None, end
 
 def _ended_text(child: Child, why: str) -> str:
     if child.stage >= 2:
-        how = f"sent SIGTERM, then SIGKILL after {child.grace:g} s grace"
+        how = f"sent SIGTERM, then SIGKILL after {child.options.grace:g} s grace"
     else:
         how = "sent SIGTERM"
-    return f"{why}: {how} to pid {child.pid}" + (" and its process group" if child.new_group else "")
+    return f"{why}: {how} to pid {child.pid}" + (" and its process group" if child.options.new_group else "")

@@ -242,7 +242,7 @@ class Scope:
                 for child in list(waiter.running):
                     if graceful:
                         if child.stage == 0:
-                            waiter.escalate(child, child.grace, "cancelled")
+                            waiter.escalate(child, child.options.grace, "cancelled")
                     elif child.stage < 2:
                         waiter.escalate(child, 0.0, "cancelled", kill=True)
                 while waiter.running:
