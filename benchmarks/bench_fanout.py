@@ -84,23 +84,45 @@ def _scope_child(job: tuple[_Barrier, int, float]) -> NoReturn:
     df.exit_child(0)
 
 
-def delays_scope(n: int) -> list[float]:
+class _Priority:
+    """Raise this process's scheduling priority (nice) while reaping, children unaffected.
+
+    With hundreds of children runnable on two cores, the parent waits in the run queue for
+    most of the reap phase, whatever it does when it runs (tracing shows each child is gone
+    within about 0.7 ms of its exit stamp). Boosting the parent after forking, so the children
+    keep the normal priority, shows that the delay is the scheduler's. Needs CAP_SYS_NICE.
+    """
+
+    def __init__(self, nice: int | None) -> None:
+        self.nice = nice
+        self.saved = 0
+
+    def __enter__(self) -> None:
+        if self.nice is not None:
+            self.saved = os.getpriority(os.PRIO_PROCESS, 0)
+            os.setpriority(os.PRIO_PROCESS, 0, self.nice)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, self.saved)
+
+
+def delays_scope(n: int, nice: int | None = None) -> list[float]:
     """Seconds from each child's exit to its report reaching the caller of as_completed()."""
     barrier = _Barrier(n)
-    index_of: dict[str, int] = {}
     delays = []
     with df.Scope() as s:
         for i in range(n):
             s.fork((barrier, i, random.uniform(0, 0.1)), _scope_child, name=str(i))
-        barrier.release()
-        for report in s.as_completed():
-            delays.append(time.monotonic() - barrier.times[int(report.name)])
+        with _Priority(nice):
+            barrier.release()
+            for report in s.as_completed():
+                delays.append(time.monotonic() - barrier.times[int(report.name)])
     barrier.close()
-    del index_of
     return delays
 
 
-def delays_raw(n: int) -> list[float]:
+def delays_raw(n: int, nice: int | None = None) -> list[float]:
     """The same with raw os.fork and an os.wait4(-1) loop."""
     barrier = _Barrier(n)
     index_of = {}
@@ -111,13 +133,22 @@ def delays_raw(n: int) -> list[float]:
             barrier.child(i, seconds)
             os._exit(0)
         index_of[pid] = i
-    barrier.release()
     delays = []
-    for _ in range(n):
-        pid, _, _ = os.wait4(-1, 0)
-        delays.append(time.monotonic() - barrier.times[index_of[pid]])
+    with _Priority(nice):
+        barrier.release()
+        for _ in range(n):
+            pid, _, _ = os.wait4(-1, 0)
+            delays.append(time.monotonic() - barrier.times[index_of[pid]])
     barrier.close()
     return delays
+
+
+def _can_boost() -> bool:
+    try:
+        with _Priority(-20):
+            return True
+    except PermissionError:
+        return False
 
 
 def main() -> int:
@@ -148,6 +179,14 @@ def main() -> int:
         )
         for n in args.delay_children
     }
+    boosted = None
+    if _can_boost():
+        n = max(args.delay_children)
+        boosted = (
+            n,
+            statistics.median(statistics.median(delays_scope(n, -20)) for _ in range(3)),
+            statistics.median(statistics.median(delays_raw(n, -20)) for _ in range(3)),
+        )
     print(f"{args.children} children sleeping {args.sleep * 1e3:g} ms, {args.rounds} rounds")
     print(f"  Scope / raw wall time   median ratio {statistics.median(wall_ratios):.3f}  (target <= 1.2)")
     print(f"  Scope / raw parent CPU  median ratio {statistics.median(cpu_ratios):.3f}  (target <= 1.5)")
@@ -155,6 +194,14 @@ def main() -> int:
         print(
             f"  exit-to-report delay, {n} children sleeping 0-100 ms: median {ours * 1e3:.2f} ms "
             f"(target <= 5 ms); raw fork + wait4(-1): {theirs * 1e3:.2f} ms"
+        )
+    if boosted is None:
+        print("  (the same with the parent at nice -20: skipped, needs CAP_SYS_NICE)")
+    else:
+        n, ours, theirs = boosted
+        print(
+            f"  the same, {n} children, parent reaping at nice -20: median {ours * 1e3:.2f} ms; "
+            f"raw fork + wait4(-1): {theirs * 1e3:.2f} ms"
         )
     return 0
 
