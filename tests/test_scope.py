@@ -213,6 +213,28 @@ def test_no_zombies_and_no_leaked_descriptors() -> None:
     assert set(os.listdir("/proc/self/fd")) == before
 
 
+def test_a_child_cannot_use_its_parents_scope() -> None:
+    with df.Scope() as scope:
+
+        def misuse(_: None) -> NoReturn:
+            errors = []
+            try:
+                scope.fork(None, sleep_forever)
+            except df.DivergeforkError as exc:
+                errors.append(str(exc))
+            try:
+                list(scope.as_completed())
+            except df.DivergeforkError as exc:
+                errors.append(str(exc))
+            df.exit_child(0, result=errors)
+
+        scope.fork(None, misuse)
+    [report] = scope.reports
+    assert report.ok, report.describe()
+    assert isinstance(report.result, list) and len(report.result) == 2
+    assert all("a child must open a Scope of its own" in error for error in report.result)
+
+
 def test_misuse_is_a_clear_error() -> None:
     scope = df.Scope()
     with pytest.raises(df.DivergeforkError, match="with df.Scope"):

@@ -36,8 +36,9 @@ raw_getsignal: Final[Callable[[int], object]] = importlib.import_module("_signal
 
 # pthread_sigmask through ctypes, on pre-built sigset_t buffers. Signals are blocked around
 # every fork and every reap, and in a parent that has just forked every page it writes is
-# copied (see _fork.start): signal.pthread_sigmask builds a set of ~62 ints per call, about
-# 6 page copies each; one ctypes call writing into a buffer costs about 4 (measured).
+# copied (see _fork.start). _signal.pthread_sigmask builds a set of ~62 ints per call: the
+# three calls it took to save, block and restore wrote about 19 pages per fork; the two
+# ctypes calls here write about 10 (measured in a fork loop with 150 children alive).
 #: A sigset_t (128 bytes on glibc and musl, more than any other libc uses).
 SigSet: Final = ctypes.c_ubyte * 128
 SIG_BLOCK: Final = int(signal.SIG_BLOCK)
@@ -52,8 +53,11 @@ UNSAVED_BIT: Final = 1 << (signal.SIGKILL - 1) % 8
 
 
 def _load_sigmask() -> tuple[ctypes._NamedFuncPointer, ctypes.Array[ctypes.c_ubyte]]:
-    libc = ctypes.CDLL(None)
-    sigmask = libc.pthread_sigmask
+    try:
+        libc = ctypes.CDLL(None)
+        sigmask = libc.pthread_sigmask
+    except (OSError, AttributeError) as exc:
+        raise ImportError(f"divergefork needs the C library's pthread_sigmask through ctypes: {exc}") from exc
     sigmask.restype = ctypes.c_int
     every = SigSet()
     libc.sigfillset(every)  # the kernel silently keeps SIGKILL and SIGSTOP unblocked
