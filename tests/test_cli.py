@@ -229,14 +229,19 @@ def test_report_and_finished_hooks_run_in_the_parent(tmp_path: Path) -> None:
     assert lines[2:] == ["finished 2"]
 
 
-# -- SIGINT ------------------------------------------------------------------------------------
+# -- SIGINT and SIGTERM -------------------------------------------------------------------------
 
 
 def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_sigint_terminates_and_reaps_every_child_then_exits_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "said"), [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated by SIGTERM")]
+)
+def test_sigint_or_sigterm_terminates_and_reaps_every_child_then_exits_130(
+    tmp_path: Path, sig: signal.Signals, said: str
+) -> None:
     out_json = tmp_path / "r.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "divergefork", "run", *dfx("l1=loop", "l2=loop"), "--dfx-dir", str(tmp_path),
@@ -254,7 +259,7 @@ def test_sigint_terminates_and_reaps_every_child_then_exits_130(tmp_path: Path) 
         assert wait_until(lambda: all(p.exists() and p.read_text() for p in pidfiles), timeout=10)
         pids = [int(p.read_text()) for p in pidfiles]
         assert all(pid_alive(pid) for pid in pids)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -262,11 +267,12 @@ def test_sigint_terminates_and_reaps_every_child_then_exits_130(tmp_path: Path) 
             proc.communicate()
     assert proc.returncode == 130, stderr
     assert not any(pid_alive(pid) for pid in pids)
-    assert "interrupted; 2 children were cancelled" in stderr
+    assert f"{said}; 2 children were cancelled" in stderr
     assert "Traceback" not in stderr
     reports = json.loads(out_json.read_text())
     assert {r["name"] for r in reports} == {"l1", "l2"}
-    assert all(not r["ok"] for r in reports)
+    # Ended gracefully, by the scope's SIGTERM: not by the parent-death signal's SIGKILL.
+    assert [(r["outcome"], r["signal"]) for r in reports] == [("cancelled", "SIGTERM")] * 2
 
 
 # -- plugins through the command line ---------------------------------------------------------

@@ -4,8 +4,8 @@ outcomes to exit codes.
 Exit codes (see ``_exitcodes``): 0 every child ``ok``; 1 something failed after forking (a
 child not ok, a plugin failing in ``divergefork_report``/``divergefork_finished``, a fork
 refused part way through the run, a report file that could not be written); 2 usage,
-configuration or plugin error, and then nothing was forked; 130 interrupted (every child
-terminated and reaped first); 141 our stdout was closed by its reader (``divergefork run |
+configuration or plugin error, and then nothing was forked; 130 interrupted by Ctrl-C or
+SIGTERM (every child terminated and reaped first, report files still written); 141 our stdout was closed by its reader (``divergefork run |
 head``): the rest of the output is dropped, the children still run to their end and are
 reaped, and report files are still written.
 
@@ -30,12 +30,14 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Final, TextIO, final
 
@@ -147,7 +149,8 @@ def _common_parser(plugins: Plugins | None) -> argparse.ArgumentParser:
 _EPILOG: Final = (
     "exit codes: 0 every child ok; 1 something failed after forking (a child not ok, a plugin's "
     "report/finished hook, a refused fork, a report file); 2 usage, configuration or plugin "
-    "error (nothing forked); 130 interrupted (children terminated and reaped first); 141 stdout "
+    "error (nothing forked); 130 interrupted by Ctrl-C or SIGTERM (children terminated and "
+    "reaped first); 141 stdout "
     "closed by its reader (children still finished and were reaped)"
 )
 
@@ -207,6 +210,34 @@ def _prescan(argv: Sequence[str]) -> tuple[str | None, list[str], bool]:
             if command not in _PLUGIN_COMMANDS:
                 break
     return command, specs, want_traceback
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM while ``run`` supervises its children: handled as Ctrl-C is."""
+
+
+@contextlib.contextmanager
+def _sigterm_cancels() -> Iterator[None]:
+    """Make SIGTERM cancel the run like Ctrl-C: children get SIGTERM and their grace, are
+    reaped, and the report files are still written (exit 130).
+
+    Without this a supervisor's SIGTERM would kill us outright, the children would die by the
+    parent-death signal (SIGKILL, no grace) and no report would be written. Only where SIGTERM
+    has its default action (a caller's own handler is left alone) and in the main thread.
+    Children never run this handler: each resets an inherited SIGTERM handler first.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def cancel(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- entry point -----------------------------------------------------------------------------
@@ -419,8 +450,9 @@ class _Run:
         interrupted = False
         refused: DivergeforkError | None = None
         scope = Scope(max_parallel=self.args.jobs, on_output=on_output)
+        terminated = False
         try:
-            with scope:
+            with _sigterm_cancels(), scope:
                 for item in self.selected:
                     spec = item.spec
                     scope.fork(
@@ -433,8 +465,9 @@ class _Run:
                 self.progress.show(self.reports)
                 for report in scope.as_completed():
                     self._reaped(report)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             interrupted = True
+            terminated = isinstance(exc, _Terminated)
             # The scope terminated and reaped every child before re-raising; its reports say so.
             self.reports = list(scope.reports)
         except DivergeforkError as exc:
@@ -475,8 +508,9 @@ class _Run:
         if interrupted:
             cancelled = sum(report.outcome is Outcome.CANCELLED for report in ordered)
             were = "1 child was" if cancelled == 1 else f"{cancelled} children were"
+            how = "terminated by SIGTERM" if terminated else "interrupted"
             print(
-                f"divergefork run: interrupted; {were} cancelled (terminated and reaped, or never started)",
+                f"divergefork run: {how}; {were} cancelled (terminated and reaped, or never started)",
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
