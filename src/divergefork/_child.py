@@ -24,6 +24,7 @@ A child that just exits writes nothing at all: the fast path costs no system cal
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import signal
@@ -305,10 +306,17 @@ def _returned_text(entry: object, returned: object) -> str:
 
 
 def _redirect_output(capture: tuple[int, int, int, int]) -> None:
+    global _status_fd
+    # A parent whose standard descriptors were closed may have got pipes numbered 1 or 2:
+    # dup2 below must overwrite neither the status pipe nor the stderr pipe's write end.
+    if _status_fd in (1, 2):
+        _status_fd = fcntl.fcntl(_status_fd, fcntl.F_DUPFD_CLOEXEC, 3)
     out_r, out_w, err_r, err_w = capture
+    if err_w == 1:
+        err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 3)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    for fd in capture:
+    for fd in {*capture, err_w} - {1, 2}:
         os.close(fd)
     # The parent may have replaced sys.stdout/sys.stderr (a test runner's capture): the
     # child's Python output must go to descriptors 1 and 2 like everything else.

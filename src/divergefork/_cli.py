@@ -146,6 +146,9 @@ def _common_parser(plugins: Plugins | None) -> argparse.ArgumentParser:
     return common
 
 
+#: Children not ok named in the summary line; the table above lists them all.
+_SUMMARY_NAMES: Final = 10
+
 _EPILOG: Final = (
     "exit codes: 0 every child ok; 1 something failed after forking (a child not ok, a plugin's "
     "report/finished hook, a refused fork, a report file); 2 usage, configuration or plugin "
@@ -210,6 +213,24 @@ def _prescan(argv: Sequence[str]) -> tuple[str | None, list[str], bool]:
             if command not in _PLUGIN_COMMANDS:
                 break
     return command, specs, want_traceback
+
+
+class _ForkFailed(Exception):
+    """An ``OSError`` from forking (or waiting) during ``run``, told apart from our own output's."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _fork_failures() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise  # our stdout's reader went away: handled as such, not as a failed fork
+    except OSError as exc:
+        raise _ForkFailed(exc) from exc
 
 
 class _Terminated(KeyboardInterrupt):
@@ -448,45 +469,41 @@ class _Run:
         on_output = None if self.lines is None else self.lines.feed
         started = time.monotonic()
         interrupted = False
-        refused: DivergeforkError | None = None
+        refused: DivergeforkError | OSError | None = None
         scope = Scope(max_parallel=self.args.jobs, on_output=on_output)
         terminated = False
         try:
             with _sigterm_cancels(), scope:
                 for item in self.selected:
                     spec = item.spec
-                    scope.fork(
-                        spec.value,
-                        spec.entry,
-                        name=spec.name,
-                        timeout=_deadline(spec.timeout, self.args.timeout),
-                        capture=spec.capture or self.capture_all,
-                    )
+                    with _fork_failures():
+                        scope.fork(
+                            spec.value,
+                            spec.entry,
+                            name=spec.name,
+                            timeout=_deadline(spec.timeout, self.args.timeout),
+                            capture=spec.capture or self.capture_all,
+                        )
                 self.progress.show(self.reports)
-                for report in scope.as_completed():
+                completed = scope.as_completed()
+                while True:
+                    with _fork_failures():  # with --jobs, queued children are forked in here
+                        report = next(completed, None)
+                    if report is None:
+                        break
                     self._reaped(report)
         except KeyboardInterrupt as exc:
             interrupted = True
             terminated = isinstance(exc, _Terminated)
             # The scope terminated and reaped every child before re-raising; its reports say so.
-            self.reports = list(scope.reports)
-        except DivergeforkError as exc:
-            # A fork refused (ForkUnsafeError: a plugin hook started a thread, say). The scope
-            # cancelled and reaped the other children; their reports are kept and shown.
-            refused = exc
-            self.reports = list(scope.reports)
-            # The child whose fork was refused is in no report of the scope: say what became of it.
-            reported = {report.name for report in self.reports}
-            self.reports += [
-                Report(
-                    name=item.spec.name,
-                    pid=0,
-                    outcome=Outcome.CANCELLED,
-                    error=f"never forked: the fork was refused ({exc})",
-                )
-                for item in self.selected
-                if item.spec.name not in reported
-            ]
+            self._add_unforked(scope, "the run was interrupted first")
+        except (DivergeforkError, _ForkFailed) as exc:
+            # A fork refused (ForkUnsafeError: a plugin hook started a thread, say) or failed
+            # (out of processes or descriptors). The scope cancelled and reaped the other
+            # children; their reports are kept and shown.
+            refused = exc.error if isinstance(exc, _ForkFailed) else exc
+            how = "failed" if isinstance(refused, OSError) else "was refused"
+            self._add_unforked(scope, f"the fork {how} ({refused})")
         self.progress.clear()
         elapsed = time.monotonic() - started
         if not interrupted and refused is None:
@@ -522,10 +539,28 @@ class _Run:
             return EXIT_FAILED
         return EXIT_OK if all(report.ok for report in ordered) else EXIT_FAILED
 
-    def _refused(self, exc: DivergeforkError, reports: Sequence[Report]) -> int:
+    def _add_unforked(self, scope: Scope, why: str) -> None:
+        """The scope's reports, plus a ``cancelled`` one for each child it never started."""
+        self.reports = list(scope.reports)
+        reported = {report.name for report in self.reports}
+        self.reports += [
+            Report(name=item.spec.name, pid=0, outcome=Outcome.CANCELLED, error=f"never forked: {why}")
+            for item in self.selected
+            if item.spec.name not in reported
+        ]
+
+    def _refused(self, exc: DivergeforkError | OSError, reports: Sequence[Report]) -> int:
         forked = sum(report.pid != 0 for report in reports)
         if not forked:
             return _usage_error("run", f"cannot fork: {exc}; nothing was forked")
+        if isinstance(exc, OSError):
+            print(
+                f"divergefork run: error: a fork failed after {forked} of {len(self.selected)} "
+                f"children had started, so the rest were cancelled: {exc}. Raise the limit it "
+                "hit (ulimit -n for descriptors, -u for processes) or run fewer at once with --jobs.",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
         if self.plugins.thread_starter is not None:
             culprit = f" A thread was started by {self.plugins.thread_starter}."
         elif self.plugins.last_call is not None:
@@ -581,7 +616,9 @@ class _Run:
         bad = [report for report in reports if not report.ok]
         summary = f"{len(reports)} {'child' if len(reports) == 1 else 'children'}: {len(reports) - len(bad)} ok"
         if bad:
-            summary += f", {len(bad)} not ok ({', '.join(f'{r.name} {r.describe()}' for r in bad)})"
+            named = ", ".join(f"{r.name} {r.describe()}" for r in bad[:_SUMMARY_NAMES])
+            more = f", and {len(bad) - _SUMMARY_NAMES} more" if len(bad) > _SUMMARY_NAMES else ""
+            summary += f", {len(bad)} not ok ({named}{more})"
         if interrupted:
             summary += ", interrupted"
         lines.append(f"{summary} in {elapsed:.2f}s")

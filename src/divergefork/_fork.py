@@ -315,6 +315,8 @@ class Child:
         "deadline",
         "options",
         "stage",
+        "sigterm_at",
+        "killed_at",
         "reason",
         "report",
         "waiter",
@@ -350,6 +352,8 @@ class Child:
         self.deadline = options.timeout
         #: 0 running; 1 SIGTERM sent, SIGKILL due; 2 SIGKILL sent.
         self.stage = 0
+        self.sigterm_at: float | None = None
+        self.killed_at = 0.0
         #: Why we are ending it: None, "timed_out", "cancelled" or "terminated".
         self.reason: str | None = None
         self.waiter: Waiter | None = None

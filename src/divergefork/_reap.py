@@ -16,6 +16,7 @@ steal the children of other code in the same process. No SIGCHLD handler either.
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 from collections import deque
 import json
@@ -140,6 +141,21 @@ class Waiter:
         ep = self._ep
         assert ep is not None, "waiter closed"
         reaped: list[Child] = []
+        # Signals are blocked except while we sleep in epoll, so a Python handler (Ctrl-C's
+        # KeyboardInterrupt) can only raise where nothing is half-done: not between a deadline
+        # popped and enforced, bytes read and kept, a child unwatched and reaped, or a wait4()
+        # and its report.
+        mask = _linux.mask_buffer()
+        try:
+            _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
+            self._step(ep, until, reaped, mask)
+        finally:
+            _linux.restore_signals(mask)
+        return reaped
+
+    def _step(
+        self, ep: select.epoll, until: float | None, reaped: list[Child], mask: ctypes.Array[ctypes.c_ubyte]
+    ) -> None:
         while self.running:
             heap = self._heap
             if heap:
@@ -151,7 +167,7 @@ class Waiter:
             if self._polled:
                 self._poll_exited(reaped)
                 if reaped:
-                    return reaped
+                    return
             timeout = -1.0
             if until is not None or heap or self._polled:
                 now = time.monotonic()
@@ -161,7 +177,9 @@ class Waiter:
                 if self._polled:
                     limit = min(limit, now + self._backoff)
                 timeout = max(limit - now, 0.0)
-            events = ep.poll(timeout)
+            _linux.pthread_sigmask(_linux.SIG_SETMASK, mask, None)  # the caller's mask, to sleep
+            events = ep.poll(timeout)  # level-triggered: events lost to an interrupt come back
+            _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, None)
             ended: list[Child] = []
             for fd, _ in events:
                 owner = self._child_of[fd]
@@ -177,12 +195,11 @@ class Waiter:
                 self._reap(child)
                 reaped.append(child)
             if reaped:
-                return reaped
+                return
             if until is not None and time.monotonic() >= until:
-                return reaped
+                return
             if self._polled and not events:
                 self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
-        return reaped
 
     def escalate(self, child: Child, grace: float, reason: str, *, kill: bool = False) -> None:
         """Move a child one step down SIGTERM -> (grace) -> SIGKILL, for it and its group.
@@ -194,15 +211,27 @@ class Waiter:
         """
         if child.report is not None or has_ended(child):
             return
+        # Blocked, so that an interrupt cannot leave a child marked SIGTERMed with no SIGKILL
+        # scheduled (nested inside step(), where they are blocked already, this changes nothing).
+        mask = _linux.mask_buffer()
+        try:
+            _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
+            self._escalate(child, grace, reason, kill)
+        finally:
+            _linux.restore_signals(mask)
+
+    def _escalate(self, child: Child, grace: float, reason: str, kill: bool) -> None:
         if child.reason is None:
             child.reason = reason
         if child.stage == 0 and not kill:
             sig = signal.SIGTERM
             child.stage = 1
-            self._schedule(child, time.monotonic() + grace)
+            child.sigterm_at = time.monotonic()
+            self._schedule(child, child.sigterm_at + grace)
         else:
             sig = signal.SIGKILL
             child.stage = 2
+            child.killed_at = time.monotonic()
         _linux.signal_process(child.pid, child.pidfd, sig)
         if child.options.new_group:
             # The child's own children share its group: they get the same signal.
@@ -260,11 +289,15 @@ class Waiter:
         try:
             _finish(child, self._on_output)  # sets the report even if on_output raises
         finally:
-            self.running.remove(child)
             if child.report is not None:
+                self.running.remove(child)
                 self.ended.append(child)
-            if self._private:
-                self.close()
+                if self._private:
+                    self.close()
+            elif child not in self._polled:
+                # _finish failed before it reaped (signals are blocked here, so not by an
+                # interrupt): the child is unwatched now, so look for it by polling instead.
+                self._polled.append(child)
 
 
 def _read(fd: int, child: Child, kind: int, on_output: OutputCallback | None = None) -> object:
@@ -326,38 +359,33 @@ def has_ended(child: Child) -> bool:
 def _finish(child: Child, on_output: OutputCallback | None = None) -> Report:
     """The child has ended (it is a zombie): kill its group, reap it, build its report.
 
-    Signals are blocked from the reap until the report is set: a KeyboardInterrupt raised
-    just after wait4() returned would otherwise lose the exit status for good.
+    Called only from ``Waiter.step``, with signals blocked: a KeyboardInterrupt raised just
+    after wait4() returned would otherwise lose the exit status for good.
     """
     pid = child.pid
-    mask = _linux.mask_buffer()  # block inside the try (see _linux.mask_buffer)
+    if child.options.new_group:
+        # Leftover grandchildren die with the child; the zombie still reserves the pid,
+        # so this group id cannot belong to anyone else yet.
+        _linux.signal_group(pid, signal.SIGKILL)
+    usage: resource.struct_rusage | None
     try:
-        _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
-        if child.options.new_group:
-            # Leftover grandchildren die with the child; the zombie still reserves the pid,
-            # so this group id cannot belong to anyone else yet.
-            _linux.signal_group(pid, signal.SIGKILL)
-        usage: resource.struct_rusage | None
-        try:
-            _, status, usage = os.wait4(pid, 0)
-        except ChildProcessError:
-            status, usage = -1, None
-        ended = time.monotonic()
-        try:
-            # Whatever the child wrote before it ended is in the pipes now; a grandchild may
-            # still hold them open, so read without blocking.
-            for kind in (_STATUS, _OUT, _ERR):
-                fd = child.status_fd if kind == _STATUS else child.out_fd if kind == _OUT else child.err_fd
-                if fd >= 0:
-                    os.set_blocking(fd, False)
-                    while _read(fd, child, kind, on_output) is _DATA:
-                        pass
-        finally:
-            for kind in (_STATUS, _OUT, _ERR, _PIDFD):
-                _close(child, kind)
-            report = child.report = _report(child, status, usage, ended)
+        _, status, usage = os.wait4(pid, 0)
+    except ChildProcessError:
+        status, usage = -1, None
+    ended = time.monotonic()
+    try:
+        # Whatever the child wrote before it ended is in the pipes now; a grandchild may
+        # still hold them open, so read without blocking.
+        for kind in (_STATUS, _OUT, _ERR):
+            fd = child.status_fd if kind == _STATUS else child.out_fd if kind == _OUT else child.err_fd
+            if fd >= 0:
+                os.set_blocking(fd, False)
+                while _read(fd, child, kind, on_output) is _DATA:
+                    pass
     finally:
-        _linux.restore_signals(mask)
+        for kind in (_STATUS, _OUT, _ERR, _PIDFD):
+            _close(child, kind)
+        report = child.report = _report(child, status, usage, ended)
     return report
 
 
@@ -449,8 +477,11 @@ def _report(child: Child, status: int, usage: resource.struct_rusage | None, end
 
 
 def _ended_text(child: Child, why: str) -> str:
-    if child.stage >= 2:
-        how = f"sent SIGTERM, then SIGKILL after {child.options.grace:g} s grace"
+    sigterm_at = child.sigterm_at
+    if child.stage >= 2 and sigterm_at is None:
+        how = "sent SIGKILL"
+    elif child.stage >= 2 and sigterm_at is not None:
+        how = f"sent SIGTERM, then SIGKILL {child.killed_at - sigterm_at:.3g} s later"
     else:
         how = "sent SIGTERM"
     return f"{why}: {how} to pid {child.pid}" + (" and its process group" if child.options.new_group else "")

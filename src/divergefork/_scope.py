@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, NoReturn, TypeVar, final
 
-from . import _fork
+from . import _fork, _linux
 from ._errors import DivergeforkError
 from ._fork import Child, OnParentExit, Options, Threads, check_entry, current_pid, entry_name, start
 from ._reap import OutputCallback, Waiter
@@ -98,23 +99,51 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if os.getpid() != self._owner:
-            return  # a forked child that somehow unwinds here must not touch the parent's children
+        # No call before the try: a signal's handler can only raise after a call returns (or
+        # as a function starts: for an interrupt landing right there, see __del__).
         try:
+            if _fork._pid != self._owner:
+                return  # a forked child that unwinds here must not touch the parent's children
             if exc is None:
-                try:
-                    for _ in self.as_completed():
-                        pass
-                except BaseException:
-                    self._cancel()
-                    raise
+                for _ in self.as_completed():
+                    pass
             else:
                 self._cancel()
+        except BaseException:
+            if _fork._pid == self._owner:
+                self._cancel()  # returns at once if every child is already reaped
+            raise
         finally:
-            self._state = "closed"
-            if self._waiter is not None:
-                self._waiter.close()
+            if _fork._pid == self._owner:
+                if self._waiter is not None:
+                    self._waiter.close()
+                self._state = "closed"  # last: until then __del__ would finish the job
         # Returning None re-raises the block's exception unchanged.
+
+    def __del__(self) -> None:
+        # A backstop. Python runs a pending signal's handler as a function starts, so an
+        # interrupt landing just as __exit__ is called skips all of it, and no code can guard
+        # that instant. The scope then dies open: end and reap what it left, loudly.
+        waiter = getattr(self, "_waiter", None)
+        if waiter is None or getattr(self, "_state", None) != "open" or self._owner != _fork._pid:
+            return
+        left = len(waiter.running) + len(self._queue)
+        self._queue.clear()
+        waiter.silence()
+        for child in list(waiter.running):
+            waiter.escalate(child, 0.0, "cancelled", kill=True)
+        while waiter.running:
+            waiter.step(None)
+        self._collect()
+        waiter.close()
+        self._state = "closed"
+        if left:
+            warnings.warn(
+                f"a Scope was dropped without its `with` block ending normally (an interrupt "
+                f"as it was left?); its {left} remaining children were killed and reaped",
+                ResourceWarning,
+                stacklevel=1,
+            )
 
     def fork(
         self,
@@ -198,21 +227,39 @@ class Scope:
         waiter = self._waiter
         assert waiter is not None
         limit = self._max_parallel
-        while self._queue and (limit is None or len(waiter.running) < limit):
-            value, entry, options, _ = self._queue[0]
-            start(value, entry, options, waiter)
-            self._queue.popleft()  # only once it started: a failed start stays queued
+        if not self._queue or (limit is not None and len(waiter.running) >= limit):
+            return
+        # Blocked: an interrupt between a child's start and taking it off the queue would
+        # report it twice (started, and cancelled before it started).
+        mask = _linux.mask_buffer()
+        try:
+            _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
+            while self._queue and (limit is None or len(waiter.running) < limit):
+                value, entry, options, _ = self._queue[0]
+                start(value, entry, options, waiter)
+                self._queue.popleft()  # only once it started: a failed start stays queued
+        finally:
+            _linux.restore_signals(mask)
 
     def _collect(self) -> None:
         """Move the reports of reaped children into ``reports``, in the order they ended."""
         waiter = self._waiter
         assert waiter is not None
         ended = waiter.ended
-        while ended:
-            report = ended.popleft().report
-            assert report is not None
-            self.reports.append(report)
-            self._unseen.append(report)
+        if not ended:
+            return
+        # Blocked: an interrupt between taking a child off `ended` and keeping its report
+        # would lose the report.
+        mask = _linux.mask_buffer()
+        try:
+            _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
+            while ended:
+                report = ended.popleft().report
+                assert report is not None
+                self.reports.append(report)
+                self._unseen.append(report)
+        finally:
+            _linux.restore_signals(mask)
 
     def _cancel(self) -> None:
         """End every child: SIGTERM, grace, SIGKILL; reap all, whatever interrupts us.
@@ -225,16 +272,25 @@ class Scope:
         assert waiter is not None
         # A failing on_output callback may be why we are here; it must not stop the reaping.
         waiter.silence()
-        while self._queue:
-            _, _, _, name = self._queue.popleft()
-            self.reports.append(
-                Report(
-                    name=name,
-                    pid=0,
-                    outcome=Outcome.CANCELLED,
-                    error="cancelled before it was started: its scope was left by an exception",
-                )
-            )
+        if self._queue:
+            # Blocked: an interrupt between taking a child off the queue and reporting it
+            # would lose it.
+            mask = _linux.mask_buffer()
+            try:
+                _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
+                while self._queue:
+                    _, _, _, name = self._queue[0]
+                    self.reports.append(
+                        Report(
+                            name=name,
+                            pid=0,
+                            outcome=Outcome.CANCELLED,
+                            error="cancelled before it was started: its scope was left by an exception",
+                        )
+                    )
+                    self._queue.popleft()
+            finally:
+                _linux.restore_signals(mask)
         interrupted: BaseException | None = None
         graceful = True
         while waiter.running:
