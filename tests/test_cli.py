@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import re
+import resource
 import signal
 import stat
 import subprocess
@@ -273,6 +274,62 @@ def test_sigint_or_sigterm_terminates_and_reaps_every_child_then_exits_130(
     assert {r["name"] for r in reports} == {"l1", "l2"}
     # Ended gracefully, by the scope's SIGTERM: not by the parent-death signal's SIGKILL.
     assert [(r["outcome"], r["signal"]) for r in reports] == [("cancelled", "SIGTERM")] * 2
+
+
+def test_an_interrupt_while_children_wait_for_a_slot_reports_them_all(tmp_path: Path) -> None:
+    out_json = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "divergefork", "run", *dfx("l1=loop", "l2=loop", "l3=loop"), "--dfx-dir",
+         str(tmp_path), "--jobs", "1", "--json", str(out_json)],
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: (tmp_path / "l1.pid").exists() and (tmp_path / "l1.pid").read_text(), timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    reports = {r["name"]: r for r in json.loads(out_json.read_text())}
+    assert sorted(reports) == ["l1", "l2", "l3"]  # the two never started are reported too
+    assert all(r["outcome"] == "cancelled" for r in reports.values())
+    assert reports["l1"]["pid"] != 0 and reports["l2"]["pid"] == reports["l3"]["pid"] == 0
+    assert "3 children were cancelled" in stderr
+
+
+def low_descriptor_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def test_running_out_of_descriptors_part_way_reports_every_child(tmp_path: Path) -> None:
+    out_json = tmp_path / "r.json"
+    names = [f"l{i}" for i in range(40)]
+    done = subprocess.run(
+        [sys.executable, "-m", "divergefork", "run", *dfx(*(f"{n}=loop" for n in names)), "--dfx-dir",
+         str(tmp_path), "--json", str(out_json)],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=low_descriptor_limit,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "_cli.py" not in done.stderr  # no traceback of ours (children short of descriptors may print theirs)
+    assert "a fork failed after" in done.stderr and "Too many open files" in done.stderr
+    reports = json.loads(out_json.read_text())
+    assert sorted(r["name"] for r in reports) == sorted(names)
+    assert not any(r["ok"] for r in reports)
+    started = [r for r in reports if r["pid"] != 0]
+    assert 0 < len(started) < len(names)
+    assert all(
+        r["outcome"] == "cancelled" and "never forked: the fork failed" in r["error"] for r in reports if r["pid"] == 0
+    )
+    assert not any(pid_alive(r["pid"]) for r in started)
 
 
 # -- plugins through the command line ---------------------------------------------------------

@@ -797,6 +797,35 @@ def test_the_child_runs_with_the_callers_signal_mask() -> None:
     assert report.result == [int(signal.SIGUSR1)]
 
 
+CAPTURE_CLOSED_STDIO_SCRIPT = """
+import os, sys, divergefork as df
+log = open(sys.argv[1], "w")  # takes descriptor 0: 0, 1 and 2 were closed
+def entry(_):
+    os.write(1, b"to stdout\\n")
+    os.write(2, b"to stderr\\n")
+    raise RuntimeError("boom")
+child = df.fork(None, entry, capture=True)
+fds = sorted(fd for fd in (child.status_fd, child.out_fd, child.err_fd) if fd >= 0)
+report = child.wait()
+log.write(repr((fds, report.outcome.value, report.stdout, report.stderr, report.error)))
+"""
+
+
+def test_capture_in_a_parent_with_closed_stdio_keeps_the_status_pipe_apart(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    script = python_command(CAPTURE_CLOSED_STDIO_SCRIPT) + [str(out)]
+    proc = subprocess.run(
+        ["sh", "-c", '"$@" <&- >&- 2>&-', "sh", *script], capture_output=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc
+    fds, outcome, stdout, stderr, error = eval(out.read_text())  # noqa: S307 - our own repr
+    assert min(fds) <= 2  # the pipes really got the standard numbers
+    assert outcome == "raised" and "RuntimeError: boom" in error
+    assert stdout == b"to stdout\n"
+    assert stderr.startswith(b"to stderr\n") and b"RuntimeError: boom" in stderr
+    assert b"E\x00" not in stderr  # no status record leaked into the captured stderr
+
+
 CAPTURE_EMFILE_SCRIPT = """
 import os, resource, divergefork as df
 def entry(_):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -233,6 +234,21 @@ def test_a_child_cannot_use_its_parents_scope() -> None:
     assert report.ok, report.describe()
     assert isinstance(report.result, list) and len(report.result) == 2
     assert all("a child must open a Scope of its own" in error for error in report.result)
+
+
+def test_a_cancelled_report_says_when_sigkill_really_followed(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    with pytest.raises(LookupError):
+        with df.Scope(grace=0.3) as scope:
+            scope.fork(ready, ignore_sigterm, name="stubborn")
+            assert wait_until(ready.exists)
+            raise LookupError("leave")
+    [report] = scope.reports
+    assert report.outcome is df.Outcome.CANCELLED and report.signal == signal.SIGKILL
+    assert report.error is not None
+    found = re.search(r"sent SIGTERM, then SIGKILL ([0-9.]+) s later", report.error)
+    assert found is not None, report.error
+    assert 0.3 <= float(found.group(1)) < 10
 
 
 def test_misuse_is_a_clear_error() -> None:
