@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,31 @@ def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.01) 
         if time.monotonic() >= deadline:
             return bool(predicate())
         time.sleep(interval)
+
+
+def act_when_ready(
+    command: list[str],
+    *,
+    ready: Callable[[subprocess.Popen[str]], object],
+    act: Callable[[subprocess.Popen[str]], None],
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """Start ``command``; once ``ready(proc)`` holds, ``act(proc)`` (send it a signal, kill one
+    of its children...), then collect its output. It is killed if it outlives ``timeout``."""
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn
+    )
+    try:
+        assert wait_until(lambda: ready(proc), timeout=20), f"{command} never got ready"
+        act(proc)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def python_command(code: str) -> list[str]:

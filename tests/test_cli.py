@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import pid_alive, wait_until
+from conftest import act_when_ready, pid_alive
 from plugin_fixtures.distributions import make_distribution, marker_plugin, unique
 
 import divergefork as df
@@ -244,29 +244,20 @@ def test_sigint_or_sigterm_terminates_and_reaps_every_child_then_exits_130(
     tmp_path: Path, sig: signal.Signals, said: str
 ) -> None:
     out_json = tmp_path / "r.json"
-    proc = subprocess.Popen(
+    pidfiles = [tmp_path / "l1.pid", tmp_path / "l2.pid"]
+    done = act_when_ready(
         [sys.executable, "-m", "divergefork", "run", *dfx("l1=loop", "l2=loop"), "--dfx-dir", str(tmp_path),
          "--json", str(out_json)],
+        ready=lambda _: all(p.exists() and p.read_text() for p in pidfiles),
+        act=lambda proc: proc.send_signal(sig),
         env=environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
         # A harness that started us with SIGINT ignored (a background job of a
         # non-interactive shell) would pass that on, and Python would keep ignoring it.
         preexec_fn=default_sigint,
     )
-    pidfiles = [tmp_path / "l1.pid", tmp_path / "l2.pid"]
-    try:
-        assert wait_until(lambda: all(p.exists() and p.read_text() for p in pidfiles), timeout=10)
-        pids = [int(p.read_text()) for p in pidfiles]
-        assert all(pid_alive(pid) for pid in pids)
-        proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, stderr
+    pids = [int(p.read_text()) for p in pidfiles]
+    stderr = done.stderr
+    assert done.returncode == 130, stderr
     assert not any(pid_alive(pid) for pid in pids)
     assert f"{said}; 2 children were cancelled" in stderr
     assert "Traceback" not in stderr
@@ -278,23 +269,16 @@ def test_sigint_or_sigterm_terminates_and_reaps_every_child_then_exits_130(
 
 def test_an_interrupt_while_children_wait_for_a_slot_reports_them_all(tmp_path: Path) -> None:
     out_json = tmp_path / "r.json"
-    proc = subprocess.Popen(
+    pidfile = tmp_path / "l1.pid"
+    done = act_when_ready(
         [sys.executable, "-m", "divergefork", "run", *dfx("l1=loop", "l2=loop", "l3=loop"), "--dfx-dir",
          str(tmp_path), "--jobs", "1", "--json", str(out_json)],
+        ready=lambda _: pidfile.exists() and pidfile.read_text(),
+        act=lambda proc: proc.send_signal(signal.SIGTERM),
         env=environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
-    try:
-        assert wait_until(lambda: (tmp_path / "l1.pid").exists() and (tmp_path / "l1.pid").read_text(), timeout=10)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, stderr
+    stderr = done.stderr
+    assert done.returncode == 130, stderr
     reports = {r["name"]: r for r in json.loads(out_json.read_text())}
     assert sorted(reports) == ["l1", "l2", "l3"]  # the two never started are reported too
     assert all(r["outcome"] == "cancelled" for r in reports.values())

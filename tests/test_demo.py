@@ -14,7 +14,7 @@ from pathlib import Path
 import divergefork_race
 import pluggy
 import pytest
-from conftest import ATOMIC, pid_alive, wait_until
+from conftest import ATOMIC, act_when_ready, pid_alive
 
 import divergefork as df
 from divergefork._demo import race
@@ -131,24 +131,22 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_a_race_child_killed_mid_lockstep_is_a_runtime_failure_exit_1() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "divergefork", "demo", "race", "--lockstep", "-n", "100000000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert wait_until(lambda: children_of(proc.pid), timeout=20)
+    killed: list[int] = []
+
+    def kill_the_child(proc: subprocess.Popen[str]) -> None:
         (child,) = children_of(proc.pid)
+        killed.append(child)
         os.kill(child, signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 1, stderr
-    assert f"the race child (pid {child}) ended" in stderr and "SIGKILL" in stderr
-    assert stdout == ""
+
+    done = act_when_ready(
+        [sys.executable, "-m", "divergefork", "demo", "race", "--lockstep", "-n", "100000000"],
+        ready=lambda proc: children_of(proc.pid),
+        act=kill_the_child,
+    )
+    (child,) = killed
+    assert done.returncode == 1, done.stderr
+    assert f"the race child (pid {child}) ended" in done.stderr and "SIGKILL" in done.stderr
+    assert done.stdout == ""
     assert not pid_alive(child)
 
 

@@ -11,13 +11,14 @@ Set ``DIVERGEFORK_NO_PIDFD=1`` to force the fallback on Linux (the test-suite do
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import importlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 __all__ = [
@@ -92,6 +93,21 @@ def restore_signals(saved: ctypes.Array[ctypes.c_ubyte]) -> None:
     if not saved[UNSAVED_BYTE] & UNSAVED_BIT:
         pthread_sigmask(SIG_SETMASK, saved, None)
     spare_masks.append(saved)
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[ctypes.Array[ctypes.c_ubyte]]:
+    """Block every signal for the ``with`` body; yield the mask saved (the caller's).
+
+    For bookkeeping that an interrupt must not split: a Python handler then raises only where
+    the mask is restored, with nothing half-done. (The fork path inlines the same calls.)
+    """
+    saved = mask_buffer()
+    try:
+        pthread_sigmask(SIG_BLOCK, EVERY_SIGNAL, saved)
+        yield saved
+    finally:
+        restore_signals(saved)
 
 
 _PR_SET_PDEATHSIG: Final = 1

@@ -145,12 +145,8 @@ class Waiter:
         # KeyboardInterrupt) can only raise where nothing is half-done: not between a deadline
         # popped and enforced, bytes read and kept, a child unwatched and reaped, or a wait4()
         # and its report.
-        mask = _linux.mask_buffer()
-        try:
-            _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
-            self._step(ep, until, reaped, mask)
-        finally:
-            _linux.restore_signals(mask)
+        with _linux.signals_blocked() as callers_mask:
+            self._step(ep, until, reaped, callers_mask)
         return reaped
 
     def _step(
@@ -213,12 +209,8 @@ class Waiter:
             return
         # Blocked, so that an interrupt cannot leave a child marked SIGTERMed with no SIGKILL
         # scheduled (nested inside step(), where they are blocked already, this changes nothing).
-        mask = _linux.mask_buffer()
-        try:
-            _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
+        with _linux.signals_blocked():
             self._escalate(child, grace, reason, kill)
-        finally:
-            _linux.restore_signals(mask)
 
     def _escalate(self, child: Child, grace: float, reason: str, kill: bool) -> None:
         if child.reason is None:

@@ -231,15 +231,11 @@ class Scope:
             return
         # Blocked: an interrupt between a child's start and taking it off the queue would
         # report it twice (started, and cancelled before it started).
-        mask = _linux.mask_buffer()
-        try:
-            _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
+        with _linux.signals_blocked():
             while self._queue and (limit is None or len(waiter.running) < limit):
                 value, entry, options, _ = self._queue[0]
                 start(value, entry, options, waiter)
                 self._queue.popleft()  # only once it started: a failed start stays queued
-        finally:
-            _linux.restore_signals(mask)
 
     def _collect(self) -> None:
         """Move the reports of reaped children into ``reports``, in the order they ended."""
@@ -250,16 +246,12 @@ class Scope:
             return
         # Blocked: an interrupt between taking a child off `ended` and keeping its report
         # would lose the report.
-        mask = _linux.mask_buffer()
-        try:
-            _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
+        with _linux.signals_blocked():
             while ended:
                 report = ended.popleft().report
                 assert report is not None
                 self.reports.append(report)
                 self._unseen.append(report)
-        finally:
-            _linux.restore_signals(mask)
 
     def _cancel(self) -> None:
         """End every child: SIGTERM, grace, SIGKILL; reap all, whatever interrupts us.
@@ -275,9 +267,7 @@ class Scope:
         if self._queue:
             # Blocked: an interrupt between taking a child off the queue and reporting it
             # would lose it.
-            mask = _linux.mask_buffer()
-            try:
-                _linux.pthread_sigmask(_linux.SIG_BLOCK, _linux.EVERY_SIGNAL, mask)
+            with _linux.signals_blocked():
                 while self._queue:
                     _, _, _, name = self._queue[0]
                     self.reports.append(
@@ -289,8 +279,6 @@ class Scope:
                         )
                     )
                     self._queue.popleft()
-            finally:
-                _linux.restore_signals(mask)
         interrupted: BaseException | None = None
         graceful = True
         while waiter.running:
