@@ -197,7 +197,7 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
     # with it the only way to reap and supervise it. The child restores the mask itself.
     # Block inside the try: a Python handler may raise as soon as any call returns, and the
     # finally below must then restore the mask if (and only if) it was saved. This is
-    # _linux.mask_buffer() and restore_signals(), inlined (two fewer functions called).
+    # _linux.signals_blocked(), inlined (no generator and two fewer functions called).
     mask = _spare_masks.pop() if _spare_masks else _SigSet()
     mask[_UNSAVED_BYTE] = _UNSAVED_BIT
     status_r = status_w = -1

@@ -74,14 +74,7 @@ spare_masks: Final[list[ctypes.Array[ctypes.c_ubyte]]] = []
 def mask_buffer() -> ctypes.Array[ctypes.c_ubyte]:
     """A buffer for the mask that blocking every signal saves, marked as not yet written.
 
-    The pattern, safe against a Python signal handler raising at any point::
-
-        saved = mask_buffer()
-        try:
-            pthread_sigmask(SIG_BLOCK, EVERY_SIGNAL, saved)
-            ...
-        finally:
-            restore_signals(saved)
+    Use :func:`signals_blocked`; ``_fork.start`` inlines the same calls on the fork path.
     """
     saved = spare_masks.pop() if spare_masks else SigSet()
     saved[UNSAVED_BYTE] = UNSAVED_BIT

@@ -470,10 +470,10 @@ def _report(child: Child, status: int, usage: resource.struct_rusage | None, end
 
 def _ended_text(child: Child, why: str) -> str:
     sigterm_at = child.sigterm_at
-    if child.stage >= 2 and sigterm_at is None:
-        how = "sent SIGKILL"
-    elif child.stage >= 2 and sigterm_at is not None:
-        how = f"sent SIGTERM, then SIGKILL {child.killed_at - sigterm_at:.3g} s later"
-    else:
+    if child.stage < 2:
         how = "sent SIGTERM"
+    elif sigterm_at is None:
+        how = "sent SIGKILL"
+    else:
+        how = f"sent SIGTERM, then SIGKILL {child.killed_at - sigterm_at:.3g} s later"
     return f"{why}: {how} to pid {child.pid}" + (" and its process group" if child.options.new_group else "")
