@@ -31,7 +31,7 @@ from typing import Any, Generic, NoReturn, TypeVar, final
 
 import pluggy
 
-from ._fork import Codec, Options, Threads
+from ._options import Codec, Options, Threads
 from ._limits import Limits
 from ._report import Report
 
