@@ -27,7 +27,7 @@ from conftest import act_when_ready, pid_alive
 from plugin_fixtures.distributions import make_distribution, marker_plugin, unique
 
 import divergefork as df
-from divergefork._cli import _prescan, junit_xml, main, write_atomic
+from divergefork._cli import junit_xml, main, prescan, write_atomic
 from divergefork._plugins import AUTOLOAD_ENV
 
 FIXTURES = Path(__file__).parent / "plugin_fixtures"
@@ -640,7 +640,8 @@ def test_prescan_finds_plugins_before_the_full_parse(
     argv: list[str], expected: tuple[str, list[str], bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("DIVERGEFORK_TRACEBACK", raising=False)
-    assert _prescan(argv) == expected
+    scan = prescan(argv)
+    assert (scan.command, scan.specs, scan.want_traceback) == expected
 
 
 def test_main_returns_codes_instead_of_exiting(capsys: pytest.CaptureFixture[str]) -> None:
