@@ -462,12 +462,12 @@ class _Run:
         else:
             culprit = ""
         if not forked:
-            return usage_error("run", f"cannot fork: {exc}{culprit} Nothing was forked.")
+            return usage_error("run", f"cannot fork: {exc}{culprit} So nothing was forked.")
         print(
             f"divergefork run: error: a fork was refused after {forked} of {total} children had "
             f"started, so the rest were cancelled: {exc}{culprit} A plugin hook that leaves a thread "
-            "running makes every later fork unsafe; or run without --jobs so that every child is "
-            "forked before the first hook runs.",
+            "running makes every later fork unsafe, and threads at fork are refused; or run "
+            "without --jobs so that every child is forked before the first hook runs.",
             file=sys.stderr,
         )
         return EXIT_FAILED
