@@ -31,7 +31,7 @@ from . import _summary
 from ._files import RunFacts, junit_xml, output_path_problem, run_document, write_atomic
 from ._lines import LinePrinter
 from ._parse import TRACEBACK_ENV, cli_limits, merge_limits
-from ._signals import Terminated, Tick, Ticker, sigterm_cancels
+from ._signals import TICK, Terminated, Tick, Ticker, sigterm_cancels
 from ._streams import Pipe, hook_stdout, isatty
 from ._style import Style, wants_color
 from ._view import Board, Live, Plain, Quiet, View
@@ -194,11 +194,15 @@ class _Run:
         refused: DivergeforkError | OSError | None = None
         scope = Scope(max_parallel=self.args.jobs, on_output=on_output)
         try:
-            with sigterm_cancels(), self.ticker.armed_while(self.live), scope:
+            with sigterm_cancels(), scope:
                 try:
                     self._fork_all(scope)
                     self.view.refresh()
-                    self._wait(scope)
+                    # Armed only now: a signal that lands during fork() makes the kernel start
+                    # the fork over, so a clock ticking through the forks would slow them.
+                    # (Forks of queued children happen in the wait, with signals blocked.)
+                    with self.ticker.armed_while(self.live):
+                        self._wait(scope)
                 except KeyboardInterrupt as exc:
                     # Said now: the scope is about to spend the children's grace on them.
                     self.board.stopping = "terminated" if isinstance(exc, Terminated) else "interrupted"
@@ -227,6 +231,7 @@ class _Run:
 
     def _fork_all(self, scope: Scope) -> None:
         args = self.args
+        last = time.monotonic()
         for item in self.selected:
             spec = item.spec
             with _fork_failures():
@@ -244,8 +249,9 @@ class _Run:
                     codec=spec.codec,
                 )
             self.board.active[spec.name] = child
-            if self.ticker.due:
-                self.ticker.due = False
+            now = time.monotonic()
+            if now - last >= TICK:
+                last = now
                 self.view.refresh()
 
     def _wait(self, scope: Scope) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Final, final
 
-__all__ = ["Terminated", "Tick", "Ticker", "sigterm_cancels"]
+__all__ = ["TICK", "Terminated", "Tick", "Ticker", "sigterm_cancels"]
 
 #: How often the live view redraws, in seconds.
 TICK: Final = 0.1
