@@ -420,6 +420,8 @@ class _Run:
             elif not report.ok and report.outcome is not Outcome.CANCELLED and (report.error or report.stack):
                 lines.append("")
                 lines += _summary.details(report, traceback_shown=not self._captured(report))
+        if len(lines) > len(reports) + 1:
+            lines.append("")  # the verdict apart from the details above it
         return lines
 
     def _captured(self, report: Report) -> bool:

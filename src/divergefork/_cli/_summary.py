@@ -258,5 +258,9 @@ def whole_report(report: Report) -> list[str]:
     if report.stdout:
         lines += _block("stdout", report.stdout.decode("utf-8", "replace"))
     if report.stderr:
-        lines += _block("stderr", report.stderr.decode("utf-8", "replace"))
+        stderr = report.stderr.decode("utf-8", "replace")
+        if report.error and report.error.strip() and report.error.strip() in stderr:
+            # The child printed the traceback it sent: shown once, under "error".
+            stderr = stderr.replace(report.error.strip(), "[its traceback: see error above]")
+        lines += _block("stderr", stderr)
     return lines
