@@ -94,7 +94,7 @@ def tmux() -> Iterator[Callable[..., Tmux]]:
 
     def start(*args: str, columns: int = 100, rows: int = 30, **extra: str) -> Tmux:
         session = Tmux(
-            [sys.executable, "-m", "divergefork", "run", *args], environment(**extra), columns=columns, rows=rows
+            [sys.executable, "-m", "divergefork", "run", *args], environment(autoload=False, **extra), columns=columns, rows=rows
         )
         started.append(session)
         return session
@@ -106,7 +106,7 @@ def tmux() -> Iterator[Callable[..., Tmux]]:
 
 def on_pty(args: list[str], columns: int = 100, rows: int = 30, **extra: str) -> tuple[int, str]:
     """Run ``divergefork run ARGS`` with stdout and stderr on a bare pty; its status and bytes."""
-    env = environment(**extra)
+    env = environment(autoload=False, **extra)
     if "NO_COLOR" not in extra:
         env.pop("NO_COLOR", None)
     pid, fd = pty.fork()
