@@ -293,7 +293,7 @@ class _Run:
             if fail_fast and failed is None and not report.ok:
                 failed = report
         if fresh:
-            self.view.refresh()
+            self.view.flush()
         if failed is not None and self.board.active:
             self.board.stopping = "fail-fast"
             self._stopping_note(scope, f"-x/--fail-fast: {failed.name} {failed.describe()}")

@@ -72,6 +72,9 @@ class View(Protocol):
     def note(self, text: str) -> None:
         """A line of the run's own (to stderr), above the live region."""
 
+    def flush(self) -> None:
+        """Write the lines waiting to scroll, unless the terminal was written a moment ago."""
+
     def pause(self) -> None:
         """Erase the live region until the next refresh: someone else is about to write."""
 
@@ -109,6 +112,9 @@ class Quiet(_Lines):
     def note(self, text: str) -> None:
         self.pipe.emit(self.err, text + "\n")
 
+    def flush(self) -> None:
+        pass
+
     def pause(self) -> None:
         pass
 
@@ -132,6 +138,9 @@ class Plain(_Lines):
     def note(self, text: str) -> None:
         self.pipe.emit(self.err, text + "\n")
 
+    def flush(self) -> None:
+        pass
+
     def pause(self) -> None:
         pass
 
@@ -149,6 +158,10 @@ class Live(_Lines):
         self.drawn: list[int] = []
         self.drawn_width = 0
         self.last_draw = 0.0
+        self.last_write = 0.0
+        #: Lines to scroll above the region at the next write: a burst (500 children ending
+        #: at once) costs a few writes to the terminal, not one each.
+        self.pending: list[str] = []
         self.closed = False
 
     # -- the region --------------------------------------------------------------------
@@ -204,7 +217,9 @@ class Live(_Lines):
 
     def _frame(self, scroll: str, draw: bool) -> None:
         width, height = self._size()
-        text = self._erase(width) + scroll
+        text = self._erase(width) + "".join(self.pending) + scroll
+        self.pending.clear()
+        self.last_write = time.monotonic()
         self.drawn = []
         if draw and not self.closed:
             region = self._region(width, height)
@@ -218,7 +233,10 @@ class Live(_Lines):
         self._frame("", True)
 
     def _scroll(self, text: str) -> None:
-        self._frame(text, time.monotonic() - self.last_draw >= _MIN_REDRAW)
+        self.pending.append(text)
+        now = time.monotonic()
+        if now - self.last_write >= _MIN_REDRAW:
+            self._frame("", now - self.last_draw >= _MIN_REDRAW)
 
     # -- events ------------------------------------------------------------------------
 
@@ -230,7 +248,8 @@ class Live(_Lines):
         if stream == "stderr" or self.out is self.err:
             self._scroll(line)
         else:
-            # Another stream onto the same screen: erase the region, write, draw it again.
+            # Another stream onto the same screen: erase the region (writing what scrolls
+            # first), write, draw it again.
             self._frame("", False)
             self.pipe.emit(self.out, line)
             if time.monotonic() - self.last_draw >= _MIN_REDRAW:
@@ -239,8 +258,12 @@ class Live(_Lines):
     def note(self, text: str) -> None:
         self._scroll(text + "\n")
 
+    def flush(self) -> None:
+        if self.pending and time.monotonic() - self.last_write >= _MIN_REDRAW:
+            self._frame("", True)
+
     def pause(self) -> None:
-        if self.drawn:
+        if self.drawn or self.pending:
             self._frame("", False)
 
     def close(self) -> None:
