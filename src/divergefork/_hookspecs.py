@@ -186,7 +186,8 @@ def divergefork_report(report: Report) -> None:
 def divergefork_finished(reports: Sequence[Report]) -> None:
     """Observe all reports, in the parent, after the last child was reaped.
 
-    ``reports`` is in the order children ended. Called also when some children failed; not
+    ``reports`` is in the order children ended. Called also when some children failed, and
+    after ``-x/--fail-fast`` cancelled the rest (they are in ``reports``, ``cancelled``); not
     called when the run was interrupted or a fork was refused part way through (the other
     children were then cancelled), nor for a plugin whose ``divergefork_report`` raised. An
     exception here is reported naming the plugin (exit 1) and does not keep the other plugins'

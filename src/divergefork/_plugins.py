@@ -534,7 +534,8 @@ def load_plugins(
     """
     plugins = Plugins()
     modules: list[str] = []
-    failed = plugins.failed
+    # With keep_going, a plugin that fails to load is kept in plugins.failed and left out.
+    failed = plugins.failed if keep_going else None
     for spec in specs:
         if spec.startswith(_BLOCK_PREFIX):
             name = spec[len(_BLOCK_PREFIX) :].strip()
@@ -548,26 +549,21 @@ def load_plugins(
     if autoload:
         found = metadata.entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
         for ep in sorted(found, key=lambda ep: (ep.name, ep.value)):
-            try:
-                plugins.load_entry_point(ep)
-            except PluginError as exc:
-                if not keep_going:
-                    raise
-                failed.append(exc)
+            _attempt(failed, plugins.load_entry_point, ep)
     for module in modules:
-        try:
-            plugins.load_module(module)
-        except PluginError as exc:
-            if not keep_going:
-                raise
-            failed.append(exc)
+        _attempt(failed, plugins.load_module, module)
+    _attempt(failed, lambda _: plugins.check_hooks(), None)
+    return plugins
+
+
+def _attempt(failed: list[PluginError] | None, load: Callable[[Any], object], what: Any) -> None:
+    """``load(what)``; with ``failed`` (``keep_going``), a ``PluginError`` is kept there, not raised."""
     try:
-        plugins.check_hooks()
+        load(what)
     except PluginError as exc:
-        if not keep_going:
+        if failed is None:
             raise
         failed.append(exc)
-    return plugins
 
 
 def describe_entry(entry: Callable[..., object]) -> str:

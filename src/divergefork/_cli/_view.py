@@ -83,7 +83,7 @@ class View(Protocol):
 
 
 class _Lines:
-    """Where output lines go: stdout lines to ``out``, the rest to ``err``."""
+    """Output lines (stdout lines to ``out``, the rest to ``err``) and nothing drawn in place."""
 
     def __init__(self, board: Board, out: TextIO, err: TextIO, pipe: Pipe, style: Style) -> None:
         self.board = board
@@ -95,11 +95,6 @@ class _Lines:
     def _prefixed(self, name: str, text: str) -> str:
         return f"{self.style(name.ljust(self.board.name_width), 'cyan')} | {text}\n"
 
-
-@final
-class Quiet(_Lines):
-    """``-q``: nothing but the children's output lines (with ``--capture``)."""
-
     def refresh(self) -> None:
         pass
 
@@ -120,32 +115,19 @@ class Quiet(_Lines):
 
     def close(self) -> None:
         pass
+
+
+@final
+class Quiet(_Lines):
+    """``-q``: nothing but the children's output lines (with ``--capture``)."""
 
 
 @final
 class Plain(_Lines):
     """Not a terminal: one line per child as it ends, output lines, no control codes."""
 
-    def refresh(self) -> None:
-        pass
-
     def finished(self, report: Report) -> None:
         self.pipe.emit(self.err, finished_line(report, 0, self.style) + "\n")
-
-    def output(self, name: str, stream: str, text: str) -> None:
-        self.pipe.emit(self.err if stream == "stderr" else self.out, self._prefixed(name, text))
-
-    def note(self, text: str) -> None:
-        self.pipe.emit(self.err, text + "\n")
-
-    def flush(self) -> None:
-        pass
-
-    def pause(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @final
