@@ -5,7 +5,9 @@ place: done/running/queued counts and the running children with their elapsed ti
 scroll a line per child as it ends and the children's output lines, prefixed with their name.
 The region is erased before anything else is written (the final table, a plugin hook's
 print), so it is never torn. It is plain ANSI: cursor up, erase to end of screen, nothing a
-terminal since the VT100 lacks.
+terminal since the VT100 lacks. Not ``rich``: the runtime depends on pluggy and
+typing-extensions only (SPEC section 8), the view needs five escape codes, and a library
+imported for it would be paid by every plain, piped or ``-q`` run too.
 
 :class:`Plain` (not a terminal): the same finished lines and output lines, no region, no
 control codes. :class:`Quiet` (``-q``): output lines only.
