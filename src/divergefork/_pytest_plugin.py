@@ -1,0 +1,706 @@
+"""The pytest plugin: ``pytest --fork`` runs each test in a forked child (entry point ``divergefork``).
+
+Inert unless asked for: ``--fork`` forks every test, ``@pytest.mark.fork`` (optionally
+``fork(timeout=..., limits=df.Limits(...))``) forks the marked ones, ``--fork-timeout`` sets a
+deadline per forked test.
+
+How one forked test runs (modelled on pytest-xdist, which carries reports between processes
+with pytest's own serialisation hooks, and on pytest-forked, which runs the protocol in a
+child):
+
+1. In the parent, the test's collectors (session, package, module, class) are set up on the
+   session's ``SetupState`` and its fixtures wider than a function are executed, so they are
+   set up once and cached there (``_prepare``). An error is cached by pytest as it would be
+   for the next test of that scope, and the child re-raises it in its own setup.
+2. ``df.fork`` forks; the child inherits the cached fixtures copy-on-write and runs pytest's
+   ``runtestprotocol`` (setup, call, teardown). Every report it produces (subtest reports
+   too) goes to the parent at once with ``df.send(pytest_report_to_serializable(...))``: no
+   plugin of the child sees it, so nothing is printed, counted or sent to an xdist
+   controller twice. The child tears down only the test's own function-scoped fixtures.
+3. The parent rebuilds each report with ``pytest_report_from_serializable`` and logs it with
+   ``pytest_runtest_logreport``; it tears down the wider scopes the next test does not share
+   and folds that into the teardown report, as plain pytest would. A child that dies before
+   its last report (a signal, ``os._exit``, a deadline, a resource limit) fails the phase it
+   died in, saying how it ended and where (``Report.stack``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Final, Literal, NoReturn, cast, final
+
+import pytest
+from _pytest.runner import CallInfo, runtestprotocol
+
+import divergefork as df
+
+from . import _plugins
+from ._hookspecs import Config as DfConfig
+
+__all__ = ["df_run", "df_scope"]
+
+_Threads = Literal["refuse", "warn", "allow"]
+_When = Literal["setup", "call", "teardown"]
+
+_MARKER: Final = "fork"
+_MARKER_KWARGS: Final = frozenset({"timeout", "limits"})
+_MARKER_HELP: Final = (
+    "fork(timeout=None, limits=None): run this test in its own forked child (divergefork); "
+    "timeout in seconds, limits a divergefork.Limits"
+)
+
+try:  # pytest >= 9: built-in subtests count failed subtests to fail the test that has them.
+    from _pytest.subtests import SubtestReport, failed_subtests_key
+except ImportError:  # pragma: no cover - pytest 8
+    SubtestReport = None  # type: ignore[assignment,misc]
+    failed_subtests_key = None  # type: ignore[assignment]
+
+try:
+    from _pytest.skipping import evaluate_xfail_marks, xfailed_key
+except ImportError:  # pragma: no cover - a pytest that moved them: crashes are never xfailed
+    evaluate_xfail_marks = None  # type: ignore[assignment]
+    xfailed_key = None  # type: ignore[assignment]
+
+try:
+    from _pytest.warnings import catch_warnings_for_item
+except ImportError:  # pragma: no cover
+    catch_warnings_for_item = None  # type: ignore[assignment]
+
+
+# -- options and marker ----------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text!r}")
+    return value
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("divergefork", "forked tests (divergefork)")
+    group.addoption(
+        "--fork",
+        action="store_true",
+        default=False,
+        help="run every test in its own forked child process (divergefork)",
+    )
+    group.addoption(
+        "--fork-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="deadline for each forked test (with --fork or @pytest.mark.fork); past it the "
+        "test fails with the stack where it was",
+    )
+    group.addoption(
+        "--fork-threads",
+        choices=("refuse", "warn", "allow"),
+        default="refuse",
+        help="what to do when other threads run at a fork (default: refuse, failing the test "
+        "with their names); inside a pytest-xdist worker it is always allow",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", _MARKER_HELP)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to fork one test."""
+
+    timeout: float | None
+    limits: df.Limits | None
+    threads: _Threads
+
+
+@final
+class _Unforkable(Exception):
+    """The test cannot be forked (a bad marker, a refused fork); it fails at setup."""
+
+
+def _plan(item: pytest.Item) -> _Plan | None:
+    """How to fork ``item``, or ``None`` when it runs in this process as usual."""
+    marker = item.get_closest_marker(_MARKER)
+    config = item.config
+    if marker is None and not config.option.fork:
+        return None
+    timeout: float | None = config.option.fork_timeout
+    limits: df.Limits | None = None
+    if marker is not None:
+        if marker.args:
+            raise _Unforkable(
+                f"@pytest.mark.fork takes keyword arguments only (timeout=, limits=), not {marker.args!r}"
+            )
+        unknown = sorted(set(marker.kwargs) - _MARKER_KWARGS)
+        if unknown:
+            raise _Unforkable(
+                f"@pytest.mark.fork got unknown argument(s) {', '.join(unknown)}; it takes timeout= and limits="
+            )
+        if "timeout" in marker.kwargs:
+            timeout = marker.kwargs["timeout"]
+            if timeout is not None and (
+                isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+            ):
+                raise _Unforkable(f"@pytest.mark.fork(timeout=...) must be seconds > 0 or None, not {timeout!r}")
+        limits = marker.kwargs.get("limits")
+        if limits is not None and not isinstance(limits, df.Limits):
+            raise _Unforkable(
+                f"@pytest.mark.fork(limits=...) must be a divergefork.Limits, not {type(limits).__name__}"
+            )
+    # An xdist worker always runs execnet's I/O thread beside the tests: the fork is still
+    # safe, since the child never touches execnet (it hands every report and warning back to
+    # this process, which alone talks to the controller).
+    threads: _Threads = "allow" if hasattr(config, "workerinput") else config.option.fork_threads
+    return _Plan(timeout, limits, threads)
+
+
+# -- the protocol, in the parent ----------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    if _job is not None:
+        return None  # a test that runs pytest in its own child (pytester): its pytest decides
+    try:
+        plan = _plan(item)
+    except _Unforkable as exc:
+        plan = exc
+    if plan is None:
+        return None
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    _run_forked(item, nextitem, plan)
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def _run_forked(item: pytest.Item, nextitem: pytest.Item | None, plan: _Plan | _Unforkable) -> None:
+    config = item.config
+    ihook = item.ihook
+    reports: list[pytest.TestReport] = []
+    warned: list[dict[str, Any]] = []
+    ended: df.Report | None = None
+    problem: str | None = None
+    stop: BaseException | None = None
+    try:
+        if isinstance(plan, _Unforkable):
+            raise plan
+        _prepare(item)
+        job = _Job(item, nextitem, tuple(item.session._setupstate.stack))
+        try:
+            child = df.fork(
+                job,
+                _child_main,
+                name=item.nodeid,
+                timeout=plan.timeout,
+                threads=plan.threads,
+                limits=plan.limits,
+                # pytest's own capturing in the child makes the report sections, as without
+                # --fork; capture=True would put pipes under it and change nothing it reports.
+                capture=False,
+                codec="pickle",
+            )
+        except df.ForkUnsafeError as exc:
+            raise _Unforkable(f"divergefork could not fork this test: {exc}") from exc
+        try:
+            ended = child.wait()
+        except (Exception, pytest.fail.Exception, pytest.skip.Exception) as exc:
+            # Something in this process (pytest-timeout's signal, say) interrupted the wait:
+            # the child was ended by leaving wait(); the test fails with why.
+            ended = child.terminate(grace=0.5)
+            problem = f"{type(exc).__name__}: {exc}"
+        except BaseException:
+            child.terminate(grace=0.5)
+            raise
+    except _Unforkable as exc:
+        problem = str(exc)
+    else:
+        assert ended is not None
+        for message in ended.messages:
+            if not isinstance(message, dict):
+                continue
+            if "report" in message:
+                reports.append(_rebuild(config, message["report"]))
+            elif "warning" in message:
+                warned.append(message["warning"])
+            elif "exit" in message:
+                msg, code = message["exit"]
+                stop = pytest.exit.Exception(msg, code)
+            elif "interrupted" in message:
+                stop = KeyboardInterrupt()
+            elif "internal" in message:
+                problem = "divergefork: the forked test process failed:\n" + str(message["internal"])
+
+    phases = [rep for rep in reports if rep.when != "teardown" or _is_subtest(rep)]
+    teardown = next((rep for rep in reports if rep.when == "teardown" and not _is_subtest(rep)), None)
+    for rep in phases:
+        _log(item, rep)
+    if teardown is None and stop is None:
+        # It died before its last report: the phase it was in fails, saying how and where.
+        if problem is None:
+            assert ended is not None
+            problem = _death_text(ended, plan)
+        when: _When = "setup"
+        last = next((rep for rep in reversed(phases) if not _is_subtest(rep)), None)
+        if last is not None:
+            when = "call" if last.when == "setup" and last.passed else "teardown"
+        if when != "teardown":
+            _log(item, _failure(item, when, problem, last))
+        else:
+            teardown = _failure(item, "teardown", problem, last)
+    elif problem is not None and teardown is not None:
+        _add_section(teardown, "divergefork", problem)
+    if stop is None:
+        _log(item, _teardown_here(item, nextitem, teardown))
+    for data in warned:
+        _replay_warning(item, data)
+    item_request = getattr(item, "_request", None)
+    if item_request is not None:
+        item._request = False  # type: ignore[attr-defined]  # as runtestprotocol's finally
+        item.funcargs = None  # type: ignore[attr-defined]
+    if stop is not None:
+        raise stop
+
+
+def _is_subtest(report: pytest.TestReport) -> bool:
+    return SubtestReport is not None and isinstance(report, SubtestReport)
+
+
+def _log(item: pytest.Item, report: pytest.TestReport) -> None:
+    if report.failed and _is_subtest(report) and failed_subtests_key is not None:
+        # The subtests plugin counted it in the child; the verdict on the test is taken here.
+        item.config.stash[failed_subtests_key][report.id] += 1
+    item.ihook.pytest_runtest_logreport(report=report)
+
+
+def _rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
+    report = cast("pytest.TestReport", config.hook.pytest_report_from_serializable(config=config, data=data))
+    # A JSON message turns tuples into lists; pytest and its plugins test for tuples
+    # (a skip's longrepr is (path, lineno, reason)).
+    report.location = cast("tuple[str, int | None, str]", tuple(report.location))
+    if isinstance(report.longrepr, list):
+        report.longrepr = cast("tuple[str, int, str]", tuple(report.longrepr))
+    report.sections = [cast("tuple[str, str]", tuple(section)) for section in report.sections]
+    report.user_properties = [cast("tuple[str, object]", tuple(prop)) for prop in report.user_properties]
+    context = data.get("_subtest.context")
+    if _is_subtest(report) and isinstance(context, dict):
+        # SubtestContext repr()s its kwargs when made, and again when rebuilt from JSON
+        # (i=1 would show as i='1'): keep the text the child made.
+        object.__setattr__(report.context, "kwargs", dict(context["kwargs"]))  # type: ignore[attr-defined]
+    return report
+
+
+def _capturing(item: pytest.Item, when: _When) -> AbstractContextManager[None]:
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        return nullcontext()
+    return cast("AbstractContextManager[None]", capman.item_capture(when, item))
+
+
+_TEST_OUTCOME: Final = (pytest.fail.Exception, pytest.skip.Exception, pytest.xfail.Exception, Exception)
+
+
+def _prepare(item: pytest.Item) -> None:
+    """Set up, in this process, what the test shares with others: collectors and wider fixtures.
+
+    pytest caches a failed setup (a collector's, or a fixture's in ``cached_result``) and
+    raises it again for every test that needs it, so an error here is left for the child's
+    setup to raise, which reports it exactly as pytest reports it for a test of that scope.
+    """
+    setupstate = item.session._setupstate
+    with _capturing(item, "setup"):
+        parent = item.parent
+        try:
+            if parent is not None:
+                # SetupState.setup only walks listchain(): given the parent it stops short
+                # of the item, whose own setup is the child's.
+                setupstate.setup(cast(pytest.Item, parent))
+        except _TEST_OUTCOME:
+            return
+        request = getattr(item, "_request", None)
+        info = getattr(item, "_fixtureinfo", None)
+        if not request or info is None:
+            return  # not a python test function: nothing wider to set up here
+        names = [
+            name
+            for name in cast("Sequence[str]", getattr(item, "fixturenames", ()))
+            if (defs := info.name2fixturedefs.get(name)) and defs[-1].scope != "function"
+        ]
+        if not names:
+            return
+        # getfixturevalue() refuses a request whose item is not set up (it would be a fixture
+        # requested during teardown); the item is on the stack only while we ask.
+        setupstate.stack[item] = ([], None)
+        try:
+            for name in names:
+                request.getfixturevalue(name)
+        except _TEST_OUTCOME:
+            pass
+        finally:
+            finalizers, _ = setupstate.stack.pop(item)
+            # Wider fixtures put their finalizers on their own node; anything left here
+            # would be a function-scoped one, which the child runs again anyway.
+            del finalizers
+
+
+def _teardown_here(
+    item: pytest.Item, nextitem: pytest.Item | None, child_report: pytest.TestReport | None
+) -> pytest.TestReport:
+    """The teardown report: the child's, plus the wider scopes torn down here (as pytest does)."""
+    session = item.session
+    if session.shouldfail or session.shouldstop:
+        nextitem = None  # as runtestprotocol: tear everything down to report its errors
+    setupstate = session._setupstate
+    needed = nextitem.listchain() if nextitem is not None else []
+    stacked = list(setupstate.stack)
+    if stacked == needed[: len(stacked)] and child_report is not None:
+        return child_report
+    sections_before = len(item._report_sections)
+    with _capturing(item, "teardown"):
+        call = CallInfo.from_call(
+            lambda: setupstate.teardown_exact(nextitem), "teardown", reraise=_reraise(item)
+        )
+    here = [(f"Captured {key} {when}", content) for when, key, content in item._report_sections[sections_before:]]
+    if call.excinfo is None:
+        if child_report is None:
+            child_report = _report(item, "teardown", "passed", None, [], call.duration)
+        child_report.sections.extend(here)
+        child_report.duration += call.duration
+        return child_report
+    made = cast(pytest.TestReport, item.ihook.pytest_runtest_makereport(item=item, call=call))
+    if child_report is None:
+        made.sections = here
+        return made
+    if child_report.failed:
+        _add_section(child_report, "teardown of wider fixtures", str(made.longrepr))
+        child_report.sections.extend(here)
+        child_report.duration += call.duration
+        return child_report
+    made.sections = [*child_report.sections, *here]
+    made.duration += child_report.duration
+    return made
+
+
+def _reraise(item: pytest.Item) -> tuple[type[BaseException], ...]:
+    if item.config.getoption("usepdb", False):
+        return (pytest.exit.Exception,)
+    return (pytest.exit.Exception, KeyboardInterrupt)
+
+
+def _report(
+    item: pytest.Item,
+    when: _When,
+    outcome: Literal["passed", "failed", "skipped"],
+    longrepr: str | None,
+    sections: list[tuple[str, str]],
+    duration: float,
+) -> pytest.TestReport:
+    return pytest.TestReport(
+        item.nodeid,
+        item.location,
+        {name: 1 for name in item.keywords},
+        outcome,
+        longrepr,
+        when,
+        sections,
+        duration,
+        user_properties=list(item.user_properties),
+    )
+
+
+def _add_section(report: pytest.TestReport, title: str, text: str) -> None:
+    report.sections.append((title, text))
+
+
+def _failure(item: pytest.Item, when: _When, text: str, last: pytest.TestReport | None) -> pytest.TestReport:
+    """The report of a phase the child did not finish, made as pytest makes a ``pytest.fail``."""
+
+    def fail() -> NoReturn:
+        pytest.fail(text, pytrace=False)
+
+    if evaluate_xfail_marks is not None and xfailed_key is not None:
+        # The xfail marks were evaluated in the child: evaluate them here too, so that a test
+        # marked xfail that crashes is xfailed (unless its raises= names an exception).
+        try:
+            item.stash[xfailed_key] = evaluate_xfail_marks(item)
+        except Exception:  # noqa: BLE001 - the child already reported a bad condition
+            pass
+    call = CallInfo.from_call(fail, when)
+    report = cast(pytest.TestReport, item.ihook.pytest_runtest_makereport(item=item, call=call))
+    sections = list(last.sections) if last is not None else []
+    # With fd capturing the child wrote into pytest's capture file, which it shares with
+    # this process: what the dead phase printed is still there.
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None and capman.is_globally_capturing():
+        try:
+            out, err = capman.read_global_capture()
+        except Exception:  # noqa: BLE001 - sys capture keeps its text in the dead child
+            out = err = ""
+        for key, content in (("stdout", out), ("stderr", err)):
+            if content:
+                sections.append((f"Captured {key} {when}", content))
+    report.sections = sections
+    return report
+
+
+def _death_text(ended: df.Report, plan: _Plan | _Unforkable) -> str:
+    if ended.outcome is df.Outcome.TIMED_OUT and isinstance(plan, _Plan):
+        head = f"the forked test timed out after {plan.timeout:g} s: {ended.describe()}"
+    else:
+        head = f"the forked test process died: {ended.describe()}"
+    parts = [head]
+    if ended.error:
+        parts.append(ended.error.rstrip())
+    if ended.stack:
+        parts.append("Python stack where it was:\n" + ended.stack.rstrip())
+    return "\n\n".join(parts)
+
+
+def _replay_warning(item: pytest.Item, data: dict[str, Any]) -> None:
+    category: type[Warning] = UserWarning
+    module, _, name = str(data.get("category", "")).rpartition(".")
+    try:
+        found = getattr(__import__(module, fromlist=[name]), name) if module else None
+        if isinstance(found, type) and issubclass(found, Warning):
+            category = found
+    except Exception:  # noqa: BLE001 - an unimportable category is shown as a UserWarning
+        pass
+    try:
+        message: Warning = category(data["message"])
+    except Exception:  # noqa: BLE001 - a category whose constructor wants other arguments
+        message = UserWarning(data["message"])
+    record = warnings.WarningMessage(
+        message, category, data["filename"], data["lineno"], None, data.get("line")
+    )
+    item.ihook.pytest_warning_recorded.call_historic(
+        kwargs={"warning_message": record, "nodeid": data["nodeid"], "when": data["when"], "location": None}
+    )
+
+
+# -- in the child ------------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What a forked child runs, handed over by ``df.fork``."""
+
+    item: pytest.Item
+    nextitem: pytest.Item | None
+    #: The collectors the parent set up (and will tear down): the child must not.
+    shared: tuple[Any, ...]
+
+
+#: The job of this process when it is a forked test's child, else None.
+_job: _Job | None = None
+
+
+def _child_main(job: _Job) -> NoReturn:
+    global _job
+    _job = job
+    item = job.item
+    config = item.config
+    try:
+        _divert(config)
+        warned: AbstractContextManager[None] = nullcontext()
+        if catch_warnings_for_item is not None:
+            # The parent's warnings wrapper, which we run inside, records nothing in the
+            # child that it could ever report; this one does, and its records are sent.
+            warned = catch_warnings_for_item(config, ihook=item.ihook, when="runtest", item=item)
+        with warned:
+            runtestprotocol(item, log=True, nextitem=job.nextitem)
+    except pytest.exit.Exception as exc:
+        df.send({"exit": [exc.msg, exc.returncode]})
+    except KeyboardInterrupt:
+        df.send({"interrupted": True})
+    except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test
+        df.send({"internal": traceback.format_exc()})
+    df.exit_child(0)
+
+
+def _divert(config: pytest.Config) -> None:
+    """Only this module hears reports and warnings in the child: it sends them to the parent.
+
+    Every other plugin hears them in the parent (terminal, junitxml, cache, an xdist worker
+    talking to its controller). The session's own report hook stays: it keeps the child's
+    ``shouldfail`` true to ``-x``, which subtests consult.
+    """
+    pm = config.pluginmanager
+    keep = {id(sys.modules[__name__]), id(pm.get_plugin("session"))}
+    for name in ("pytest_runtest_logreport", "pytest_warning_recorded"):
+        caller = getattr(pm.hook, name)
+        for impl in caller.get_hookimpls():
+            if id(impl.plugin) not in keep:
+                caller._remove_plugin(impl.plugin)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _job is None:
+        return
+    config = _job.item.config
+    df.send({"report": config.hook.pytest_report_to_serializable(config=config, report=report)})
+
+
+def pytest_warning_recorded(
+    warning_message: warnings.WarningMessage, when: str, nodeid: str, location: object
+) -> None:
+    if _job is None:
+        return
+    df.send(
+        {
+            "warning": {
+                "category": f"{warning_message.category.__module__}.{warning_message.category.__qualname__}",
+                "message": str(warning_message.message),
+                "filename": warning_message.filename,
+                "lineno": warning_message.lineno,
+                "line": warning_message.line,
+                "nodeid": nodeid,
+                "when": when,
+            }
+        }
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    job = _job
+    if job is not None and job.item is item:
+        # The collectors and wider fixtures are the parent's: it tears them down when the
+        # next test no longer needs them. Here only the test itself is torn down.
+        stack = item.session._setupstate.stack
+        for node in job.shared:
+            stack.pop(node, None)
+    return (yield)
+
+
+# -- fixtures for plugin authors -------------------------------------------------------------------
+
+
+@pytest.fixture
+def df_scope() -> Iterator[df.Scope]:
+    """A ``divergefork.Scope`` bound to the test: a child still running at teardown fails it.
+
+    Every child is ended (SIGTERM, grace, SIGKILL) and reaped at teardown either way.
+    """
+    scope = df.Scope()
+    scope.__enter__()
+    try:
+        yield scope
+    except BaseException as exc:
+        scope.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    running = _unfinished(scope)
+    if not running:
+        scope.__exit__(None, None, None)
+        return
+    # Leave the scope as an exception would: it terminates and reaps every child.
+    try:
+        raise _StillRunning()
+    except _StillRunning as exc:
+        scope.__exit__(type(exc), exc, exc.__traceback__)
+    names = ", ".join(f"{child.name!r} (pid {child.pid})" for child in running)
+    pytest.fail(
+        f"df_scope: child {names} still running when the test ended; wait for it "
+        "(scope.wait(), child.wait()) or end it (child.terminate()) in the test",
+        pytrace=False,
+    )
+
+
+@final
+class _StillRunning(Exception):
+    """Leaves a ``df_scope`` the way an exception would: its children are terminated."""
+
+
+def _unfinished(scope: df.Scope) -> list[df.Child]:
+    """The scope's children that have not ended (running or waiting for a slot)."""
+    waiter = getattr(scope, "_waiter", None)
+    if waiter is not None:
+        try:
+            waiter.step(0.0)  # reap what has already ended
+        except Exception:  # noqa: BLE001 - the scope's exit will say what is wrong
+            pass
+    running = list(getattr(waiter, "running", ()))
+    running += [entry[-1] for entry in getattr(scope, "_queue", ())]
+    return [child for child in running if isinstance(child, df.Child) and child.report is None]
+
+
+@final
+class _Runner:
+    """``df_run``: run the children of plugin modules as ``divergefork run -p MODULE`` would."""
+
+    def __call__(
+        self,
+        *modules: str,
+        args: Sequence[str] = (),
+        only: Sequence[str] = (),
+        timeout: float | None = None,
+        autoload: bool = False,
+    ) -> list[df.Report]:
+        """Load ``modules`` (``-p`` specs, ``no:NAME`` too), fork their children, wait.
+
+        ``args`` are the plugins' own options (as on the command line), ``only`` selects
+        children by name, ``timeout`` caps every child's deadline. Installed plugins are loaded
+        too with ``autoload=True``. Returns the reports in the order the plugins contributed
+        the children; ``divergefork_report`` and ``divergefork_finished`` are called as in a run.
+        A broken plugin raises ``divergefork.PluginError``, and nothing is forked.
+        """
+        plugins = _plugins.load_plugins(list(modules), autoload=autoload)
+        parser = argparse.ArgumentParser(prog="df_run", add_help=False)
+        plugins.add_options(parser)
+        options = parser.parse_args(list(args))
+        collected = plugins.collect(DfConfig(options, plugins.pm))
+        unknown = sorted(set(only) - {item.spec.name for item in collected})
+        if unknown:
+            raise ValueError(f"df_run(only=...): no child is named {', '.join(map(repr, unknown))}")
+        selected = [item for item in collected if not only or item.spec.name in only]
+        failed: set[str] = set()
+        by_name: dict[str, df.Report] = {}
+        with df.Scope() as scope:
+            for item in selected:
+                spec = item.spec
+                deadline = spec.timeout if timeout is None else min(timeout, spec.timeout or timeout)
+                scope.fork(
+                    spec.value,
+                    spec.entry,
+                    name=spec.name,
+                    timeout=deadline,
+                    capture=spec.capture,
+                    grace=spec.grace,
+                    new_group=spec.new_group,
+                    threads=spec.threads,
+                    contain=spec.contain,
+                    limits=spec.limits,
+                    codec=spec.codec,
+                )
+            for report in scope.as_completed():
+                by_name[report.name] = report
+                for error in plugins.report(report, skip=failed):
+                    raise error
+        reports = [by_name[item.spec.name] for item in selected]
+        for error in plugins.finished(reports, skip=failed):
+            raise error
+        return reports
+
+
+@pytest.fixture
+def df_run() -> Callable[..., list[df.Report]]:
+    """Run the children a plugin module contributes, in-process; returns their reports.
+
+    ``df_run("my_plugin", args=["--my-count", "3"])`` is ``divergefork run -p my_plugin
+    --my-count 3`` without the table: the reports, in the plugins' order.
+    """
+    return _Runner()
+
