@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -172,8 +171,7 @@ def _plan(item: pytest.Item) -> _Plan | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
-    if _job is not None:
-        return None  # a test that runs pytest in its own child (pytester): its pytest decides
+    plan: _Plan | _Unforkable | None
     try:
         plan = _plan(item)
     except _Unforkable as exc:
@@ -291,15 +289,16 @@ def _rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
     # A JSON message turns tuples into lists; pytest and its plugins test for tuples
     # (a skip's longrepr is (path, lineno, reason)).
     report.location = cast("tuple[str, int | None, str]", tuple(report.location))
-    if isinstance(report.longrepr, list):
-        report.longrepr = cast("tuple[str, int, str]", tuple(report.longrepr))
+    longrepr: object = report.longrepr
+    if isinstance(longrepr, list):
+        report.longrepr = cast("tuple[str, int, str]", tuple(longrepr))
     report.sections = [cast("tuple[str, str]", tuple(section)) for section in report.sections]
     report.user_properties = [cast("tuple[str, object]", tuple(prop)) for prop in report.user_properties]
     context = data.get("_subtest.context")
     if _is_subtest(report) and isinstance(context, dict):
         # SubtestContext repr()s its kwargs when made, and again when rebuilt from JSON
         # (i=1 would show as i='1'): keep the text the child made.
-        object.__setattr__(report.context, "kwargs", dict(context["kwargs"]))  # type: ignore[attr-defined]
+        object.__setattr__(report.context, "kwargs", dict(context["kwargs"]))
     return report
 
 
@@ -504,17 +503,11 @@ class _Job:
     shared: tuple[Any, ...]
 
 
-#: The job of this process when it is a forked test's child, else None.
-_job: _Job | None = None
-
-
 def _child_main(job: _Job) -> NoReturn:
-    global _job
-    _job = job
     item = job.item
     config = item.config
     try:
-        _divert(config)
+        _divert(config, _Relay(job))
         warned: AbstractContextManager[None] = nullcontext()
         if catch_warnings_for_item is not None:
             # The parent's warnings wrapper, which we run inside, records nothing in the
@@ -531,59 +524,63 @@ def _child_main(job: _Job) -> NoReturn:
     df.exit_child(0)
 
 
-def _divert(config: pytest.Config) -> None:
-    """Only this module hears reports and warnings in the child: it sends them to the parent.
+def _divert(config: pytest.Config, relay: _Relay) -> None:
+    """Only ``relay`` hears reports and warnings in the child: it sends them to the parent.
 
     Every other plugin hears them in the parent (terminal, junitxml, cache, an xdist worker
     talking to its controller). The session's own report hook stays: it keeps the child's
     ``shouldfail`` true to ``-x``, which subtests consult.
     """
     pm = config.pluginmanager
-    keep = {id(sys.modules[__name__]), id(pm.get_plugin("session"))}
+    session = pm.get_plugin("session")
     for name in ("pytest_runtest_logreport", "pytest_warning_recorded"):
         caller = getattr(pm.hook, name)
         for impl in caller.get_hookimpls():
-            if id(impl.plugin) not in keep:
+            if impl.plugin is not session:
                 caller._remove_plugin(impl.plugin)
+    pm.register(relay, name="divergefork-child")
+    relay.active = True  # registering replays the session's earlier warnings: not ours
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if _job is None:
-        return
-    config = _job.item.config
-    df.send({"report": config.hook.pytest_report_to_serializable(config=config, report=report)})
+@final
+class _Relay:
+    """The child's plugin: hands reports and warnings to the parent, tears down only the test."""
 
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.active = False
 
-def pytest_warning_recorded(
-    warning_message: warnings.WarningMessage, when: str, nodeid: str, location: object
-) -> None:
-    if _job is None:
-        return
-    df.send(
-        {
-            "warning": {
-                "category": f"{warning_message.category.__module__}.{warning_message.category.__qualname__}",
-                "message": str(warning_message.message),
-                "filename": warning_message.filename,
-                "lineno": warning_message.lineno,
-                "line": warning_message.line,
-                "nodeid": nodeid,
-                "when": when,
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        config = self.job.item.config
+        df.send({"report": config.hook.pytest_report_to_serializable(config=config, report=report)})
+
+    def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str) -> None:
+        if not self.active:
+            return
+        category = warning_message.category
+        df.send(
+            {
+                "warning": {
+                    "category": f"{category.__module__}.{category.__qualname__}",
+                    "message": str(warning_message.message),
+                    "filename": warning_message.filename,
+                    "lineno": warning_message.lineno,
+                    "line": warning_message.line,
+                    "nodeid": nodeid,
+                    "when": when,
+                }
             }
-        }
-    )
+        )
 
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    job = _job
-    if job is not None and job.item is item:
-        # The collectors and wider fixtures are the parent's: it tears them down when the
-        # next test no longer needs them. Here only the test itself is torn down.
-        stack = item.session._setupstate.stack
-        for node in job.shared:
-            stack.pop(node, None)
-    return (yield)
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Iterator[None]:
+        if item is self.job.item:
+            # The collectors and wider fixtures are the parent's: it tears them down when
+            # the next test no longer needs them. Here only the test itself is torn down.
+            stack = item.session._setupstate.stack
+            for node in self.job.shared:
+                stack.pop(node, None)
+        return (yield)
 
 
 # -- fixtures for plugin authors -------------------------------------------------------------------
