@@ -113,6 +113,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER_HELP)
+    # Registered here, inert in this process: registering it in every child would cost each
+    # forked test a plugin registration (and a replay of the session's warnings).
+    config.pluginmanager.register(_Relay(config), _RELAY)
 
 
 @final
@@ -197,22 +200,7 @@ def _run_forked(item: pytest.Item, nextitem: pytest.Item | None, plan: _Plan | _
         if isinstance(plan, _Unforkable):
             raise plan
         _prepare(item)
-        job = _Job(item, nextitem, tuple(item.session._setupstate.stack))
-        try:
-            child = df.fork(
-                job,
-                _child_main,
-                name=item.nodeid,
-                timeout=plan.timeout,
-                threads=plan.threads,
-                limits=plan.limits,
-                # pytest's own capturing in the child makes the report sections, as without
-                # --fork; capture=True would put pipes under it and change nothing it reports.
-                capture=False,
-                codec="pickle",
-            )
-        except df.ForkUnsafeError as exc:
-            raise _Unforkable(f"divergefork could not fork this test: {exc}") from exc
+        child = _fork(_Job(item, nextitem, tuple(item.session._setupstate.stack)), plan)
         try:
             ended = child.wait()
         except (Exception, pytest.fail.Exception, pytest.skip.Exception) as exc:
@@ -273,6 +261,24 @@ def _run_forked(item: pytest.Item, nextitem: pytest.Item | None, plan: _Plan | _
         raise stop
 
 
+def _fork(job: _Job, plan: _Plan) -> df.Child:
+    try:
+        return df.fork(
+            job,
+            _child_main,
+            name=job.item.nodeid,
+            timeout=plan.timeout,
+            threads=plan.threads,
+            limits=plan.limits,
+            # pytest's own capturing in the child makes the report sections, as without
+            # --fork; capture=True would put pipes under it and change nothing it reports.
+            capture=False,
+            codec="pickle",
+        )
+    except df.ForkUnsafeError as exc:
+        raise _Unforkable(f"divergefork could not fork this test: {exc}") from exc
+
+
 def _is_subtest(report: pytest.TestReport) -> bool:
     return SubtestReport is not None and isinstance(report, SubtestReport)
 
@@ -320,39 +326,48 @@ def _prepare(item: pytest.Item) -> None:
     setup to raise, which reports it exactly as pytest reports it for a test of that scope.
     """
     setupstate = item.session._setupstate
+    chain = item.listchain()[:-1]
+    wider = _wider_fixtures(item)
+    if list(setupstate.stack) == chain and all(ready for _, ready in wider):
+        return  # the usual case: all of it is already set up (and captured nothing)
     with _capturing(item, "setup"):
-        parent = item.parent
         try:
-            if parent is not None:
+            if chain:
                 # SetupState.setup only walks listchain(): given the parent it stops short
                 # of the item, whose own setup is the child's.
-                setupstate.setup(cast(pytest.Item, parent))
+                setupstate.setup(cast(pytest.Item, chain[-1]))
         except _TEST_OUTCOME:
             return
         request = getattr(item, "_request", None)
-        info = getattr(item, "_fixtureinfo", None)
-        if not request or info is None:
-            return  # not a python test function: nothing wider to set up here
-        names = [
-            name
-            for name in cast("Sequence[str]", getattr(item, "fixturenames", ()))
-            if (defs := info.name2fixturedefs.get(name)) and defs[-1].scope != "function"
-        ]
-        if not names:
+        if not request or not wider:
             return
         # getfixturevalue() refuses a request whose item is not set up (it would be a fixture
-        # requested during teardown); the item is on the stack only while we ask.
+        # requested during teardown); the item is on the stack only while we ask. Wider
+        # fixtures put their finalizers on their own node, never on the item's entry.
         setupstate.stack[item] = ([], None)
         try:
-            for name in names:
+            for name, _ in wider:
                 request.getfixturevalue(name)
         except _TEST_OUTCOME:
             pass
         finally:
-            finalizers, _ = setupstate.stack.pop(item)
-            # Wider fixtures put their finalizers on their own node; anything left here
-            # would be a function-scoped one, which the child runs again anyway.
-            del finalizers
+            del setupstate.stack[item]
+
+
+def _wider_fixtures(item: pytest.Item) -> list[tuple[str, bool]]:
+    """The item's fixtures wider than a function, in setup order, each with whether it is
+    already set up for this item (cached, and not parametrized: a parameter may differ)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None or not getattr(item, "_request", None):
+        return []  # not a python test function: its fixtures, if any, are its own affair
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    wider = []
+    for name in cast("Sequence[str]", getattr(item, "fixturenames", ())):
+        defs = info.name2fixturedefs.get(name)
+        if defs and defs[-1].scope != "function":
+            wider.append((name, defs[-1].cached_result is not None and name not in params))
+    return wider
 
 
 def _teardown_here(
@@ -507,7 +522,7 @@ def _child_main(job: _Job) -> NoReturn:
     item = job.item
     config = item.config
     try:
-        _divert(config, _Relay(job))
+        _divert(config, job)
         warned: AbstractContextManager[None] = nullcontext()
         if catch_warnings_for_item is not None:
             # The parent's warnings wrapper, which we run inside, records nothing in the
@@ -524,38 +539,51 @@ def _child_main(job: _Job) -> NoReturn:
     df.exit_child(0)
 
 
-def _divert(config: pytest.Config, relay: _Relay) -> None:
-    """Only ``relay`` hears reports and warnings in the child: it sends them to the parent.
+def _divert(config: pytest.Config, job: _Job) -> None:
+    """Only our relay hears reports and warnings in the child: it sends them to the parent.
 
     Every other plugin hears them in the parent (terminal, junitxml, cache, an xdist worker
     talking to its controller). The session's own report hook stays: it keeps the child's
     ``shouldfail`` true to ``-x``, which subtests consult.
     """
     pm = config.pluginmanager
-    session = pm.get_plugin("session")
+    relay = _relay_of(config)
+    relay.job = job
+    keep = (pm.get_plugin("session"), relay)
     for name in ("pytest_runtest_logreport", "pytest_warning_recorded"):
         caller = getattr(pm.hook, name)
         for impl in caller.get_hookimpls():
-            if impl.plugin is not session:
+            if impl.plugin not in keep:
                 caller._remove_plugin(impl.plugin)
-    pm.register(relay, name="divergefork-child")
-    relay.active = True  # registering replays the session's earlier warnings: not ours
+
+
+_RELAY: Final = "divergefork-relay"
+
+
+def _relay_of(config: pytest.Config) -> _Relay:
+    relay = config.pluginmanager.get_plugin(_RELAY)
+    if not isinstance(relay, _Relay):
+        raise RuntimeError(f"divergefork: the plugin {_RELAY!r} is missing (was it unregistered?)")
+    return relay
 
 
 @final
 class _Relay:
-    """The child's plugin: hands reports and warnings to the parent, tears down only the test."""
+    """In a forked test's child: hands reports and warnings to the parent, tears down only the
+    test. Registered with every session, and inert until ``job`` is set (in the child)."""
 
-    def __init__(self, job: _Job) -> None:
-        self.job = job
-        self.active = False
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.job: _Job | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        config = self.job.item.config
+        if self.job is None:
+            return
+        config = self.config
         df.send({"report": config.hook.pytest_report_to_serializable(config=config, report=report)})
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str) -> None:
-        if not self.active:
+        if self.job is None:
             return
         category = warning_message.category
         df.send(
@@ -574,11 +602,12 @@ class _Relay:
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Iterator[None]:
-        if item is self.job.item:
+        job = self.job
+        if job is not None and item is job.item:
             # The collectors and wider fixtures are the parent's: it tears them down when
             # the next test no longer needs them. Here only the test itself is torn down.
             stack = item.session._setupstate.stack
-            for node in self.job.shared:
+            for node in job.shared:
                 stack.pop(node, None)
         return (yield)
 
