@@ -469,6 +469,34 @@ def test_nothing_a_forked_test_does_leaks_into_the_next(pytester: pytest.Pyteste
     assert "DF_LEAK" not in os.environ
 
 
+def test_a_forked_test_is_not_a_divergefork_child_to_its_code(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        import divergefork as df
+
+        def test_exit_child_outside_a_child():
+            with pytest.raises(df.DivergeforkError, match="outside a child"):
+                df.exit_child(0)
+            with pytest.raises(df.DivergeforkError, match="outside a child"):
+                df.send("hello")
+        """
+    )
+    run(pytester, "--fork").assert_outcomes(passed=1)
+
+
+def test_a_forked_test_can_run_pytest_with_fork_itself(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["pytester"]')
+    pytester.makepyfile(
+        """
+        def test_inner(pytester):
+            pytester.makepyfile("def test_a(): pass\\ndef test_b(): assert 0\\n")
+            pytester.runpytest("--fork", "-p", "no:cacheprovider").assert_outcomes(passed=1, failed=1)
+        """
+    )
+    run(pytester, "--fork").assert_outcomes(passed=1)
+
+
 # -- crashes and deadlines --------------------------------------------------------------------
 
 CRASHES = """

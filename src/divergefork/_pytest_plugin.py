@@ -31,7 +31,7 @@ import math
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NoReturn, cast, final
 
@@ -40,7 +40,7 @@ from _pytest.runner import CallInfo, runtestprotocol
 
 import divergefork as df
 
-from . import _plugins
+from . import _child, _plugins
 from ._hookspecs import Config as DfConfig
 
 __all__ = ["df_run", "df_scope"]
@@ -528,7 +528,7 @@ def _child_main(job: _Job) -> NoReturn:
             # The parent's warnings wrapper, which we run inside, records nothing in the
             # child that it could ever report; this one does, and its records are sent.
             warned = catch_warnings_for_item(config, ihook=item.ihook, when="runtest", item=item)
-        with warned:
+        with warned, _not_a_child():
             runtestprotocol(item, log=True, nextitem=job.nextitem)
     except pytest.exit.Exception as exc:
         df.send({"exit": [exc.msg, exc.returncode]})
@@ -537,6 +537,39 @@ def _child_main(job: _Job) -> NoReturn:
     except BaseException:  # noqa: BLE001 - reported to the parent, which fails the test
         df.send({"internal": traceback.format_exc()})
     df.exit_child(0)
+
+
+@contextmanager
+def _not_a_child() -> Iterator[None]:
+    """While the test runs, this process does not look like a divergefork child to it.
+
+    So a test of code that uses divergefork sees what it would see without --fork:
+    ``df.exit_child()`` and ``df.send()`` outside a child of its own raise, as they should.
+    Only our sends (``_send``) use the channel to the parent.
+    """
+    global _channel
+    _channel = getattr(_child, "_status_fd", -1)
+    if not isinstance(_channel, int) or _channel < 0:
+        yield
+        return
+    _child._status_fd = -1
+    try:
+        yield
+    finally:
+        _child._status_fd = _channel
+
+
+#: The status descriptor to the parent while it is hidden from the test (see _not_a_child).
+_channel = -1
+
+
+def _send(value: object) -> None:
+    hidden = _child._status_fd
+    _child._status_fd = _channel if _channel >= 0 else hidden
+    try:
+        df.send(value)
+    finally:
+        _child._status_fd = hidden
 
 
 def _divert(config: pytest.Config, job: _Job) -> None:
@@ -580,13 +613,13 @@ class _Relay:
         if self.job is None:
             return
         config = self.config
-        df.send({"report": config.hook.pytest_report_to_serializable(config=config, report=report)})
+        _send({"report": config.hook.pytest_report_to_serializable(config=config, report=report)})
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str) -> None:
         if self.job is None:
             return
         category = warning_message.category
-        df.send(
+        _send(
             {
                 "warning": {
                     "category": f"{category.__module__}.{category.__qualname__}",
