@@ -245,6 +245,9 @@ OUTCOMES = """
     def test_teardown_error(broken_teardown):
         pass
 
+    def test_missing_fixture(no_such_fixture):
+        pass
+
     def test_subtests(subtests):
         for i in range(3):
             with subtests.test(msg="each", i=i):
@@ -267,7 +270,7 @@ OUTCOMES = """
 def test_outcomes_sections_and_junitxml_are_plain_pytests(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(OUTCOMES)
     forked = compare_with_plain(pytester)
-    forked.assert_outcomes(passed=5, failed=5, skipped=2, xfailed=1, xpassed=1, errors=2, warnings=1)
+    forked.assert_outcomes(passed=5, failed=5, skipped=2, xfailed=1, xpassed=1, errors=3, warnings=1)
     forked.stdout.fnmatch_lines(["*Captured stdout call*", "to stdout", "*Captured log call*"])
 
 
@@ -277,6 +280,17 @@ def test_every_capture_mode(pytester: pytest.Pytester, mode: str) -> None:
     # Uncaptured output goes to the real stdout: in-process, pytester's own capture of this
     # process's sys.stdout would not see what a child prints.
     compare_with_plain(pytester, f"--capture={mode}", subprocess=mode in ("no", "tee-sys"))
+
+
+@pytest.mark.parametrize("option", ["-p no:warnings", "-p no:logging", "--setup-plan", "-p no:junitxml", "-v"])
+def test_other_options_as_plain_pytest(pytester: pytest.Pytester, option: str) -> None:
+    pytester.makepyfile(OUTCOMES)
+    if option == "-p no:junitxml":
+        plain = run(pytester, "-rA", "-p", "no:junitxml")
+        forked = run(pytester, "--fork", "-rA", "-p", "no:junitxml")
+        assert normalized(forked.outlines) == normalized(plain.outlines)
+    else:
+        compare_with_plain(pytester, *option.split())
 
 
 def test_durations_are_reported(pytester: pytest.Pytester) -> None:
@@ -630,9 +644,9 @@ def test_pytest_xdist_with_fork(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_crash=CRASHES)
     args = ("-p", "no:cacheprovider", "-n", "2", "-rA")
     plain = pytester.runpytest_subprocess(*args, "--deselect=test_crash.py")
-    plain.assert_outcomes(passed=5, failed=5, skipped=2, xfailed=1, xpassed=1, errors=2, warnings=1)
+    plain.assert_outcomes(passed=5, failed=5, skipped=2, xfailed=1, xpassed=1, errors=3, warnings=1)
     forked = pytester.runpytest_subprocess("--fork", *args)
-    forked.assert_outcomes(passed=7, failed=9, skipped=2, xfailed=2, xpassed=1, errors=3, warnings=1)
+    forked.assert_outcomes(passed=7, failed=9, skipped=2, xfailed=2, xpassed=1, errors=4, warnings=1)
     forked.stdout.fnmatch_lines_random(["FAILED *test_segfault_in_c - Failed: the forked test process died: signaled SIGSEGV*"])
 
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, NoReturn, cast, final
 
 import pytest
+from _pytest._code.code import TerminalRepr
+from _pytest._io import TerminalWriter
 from _pytest.runner import CallInfo, runtestprotocol
 
 import divergefork as df
@@ -139,6 +141,8 @@ def _plan(item: pytest.Item) -> _Plan | None:
     config = item.config
     if marker is None and not config.option.fork:
         return None
+    if config.getoption("setupplan", False) or config.getoption("setuponly", False):
+        return None  # no test runs: nothing to isolate, and their listing is written directly
     timeout: float | None = config.option.fork_timeout
     limits: df.Limits | None = None
     if marker is not None:
@@ -300,12 +304,29 @@ def _rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
         report.longrepr = cast("tuple[str, int, str]", tuple(longrepr))
     report.sections = [cast("tuple[str, str]", tuple(section)) for section in report.sections]
     report.user_properties = [cast("tuple[str, object]", tuple(prop)) for prop in report.user_properties]
+    if data.get(_TEXT_REPR) and isinstance(report.longrepr, str):
+        report.longrepr = _TextRepr(report.longrepr)
     context = data.get("_subtest.context")
     if _is_subtest(report) and isinstance(context, dict):
         # SubtestContext repr()s its kwargs when made, and again when rebuilt from JSON
         # (i=1 would show as i='1'): keep the text the child made.
         object.__setattr__(report.context, "kwargs", dict(context["kwargs"]))
     return report
+
+
+_TEXT_REPR: Final = "$divergefork_text_repr"
+
+
+@final
+class _TextRepr(TerminalRepr):
+    """A longrepr that travelled as text (a fixture lookup error, say): shown as it was."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def toterminal(self, tw: TerminalWriter) -> None:
+        for line in self.text.split("\n"):
+            tw.line(line, red=line.startswith("E "))
 
 
 def _capturing(item: pytest.Item, when: _When) -> AbstractContextManager[None]:
@@ -524,7 +545,7 @@ def _child_main(job: _Job) -> NoReturn:
     try:
         _divert(config, job)
         warned: AbstractContextManager[None] = nullcontext()
-        if catch_warnings_for_item is not None:
+        if catch_warnings_for_item is not None and config.pluginmanager.has_plugin("warnings"):
             # The parent's warnings wrapper, which we run inside, records nothing in the
             # child that it could ever report; this one does, and its records are sent.
             warned = catch_warnings_for_item(config, ihook=item.ihook, when="runtest", item=item)
@@ -613,7 +634,13 @@ class _Relay:
         if self.job is None:
             return
         config = self.config
-        _send({"report": config.hook.pytest_report_to_serializable(config=config, report=report)})
+        data = config.hook.pytest_report_to_serializable(config=config, report=report)
+        longrepr: object = report.longrepr
+        if not isinstance(longrepr, str | tuple | None) and not hasattr(longrepr, "reprcrash"):
+            # Serialised as its text, which the parent would take for a plain string (pytest
+            # then shows it in the short summary, where it does not show this kind).
+            data[_TEXT_REPR] = True
+        _send({"report": data})
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str) -> None:
         if self.job is None:
