@@ -257,6 +257,10 @@ OUTCOMES = """
     def test_warns():
         warnings.warn("careful", DeprecationWarning)
 
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+    def test_warns_hushed():
+        warnings.warn("hushed", DeprecationWarning)
+
     @pytest.mark.parametrize("n", [1, 2])
     def test_param(n):
         assert n == 1
@@ -270,7 +274,7 @@ OUTCOMES = """
 def test_outcomes_sections_and_junitxml_are_plain_pytests(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(OUTCOMES)
     forked = compare_with_plain(pytester)
-    forked.assert_outcomes(passed=5, failed=5, skipped=2, xfailed=1, xpassed=1, errors=3, warnings=1)
+    forked.assert_outcomes(passed=6, failed=5, skipped=2, xfailed=1, xpassed=1, errors=3, warnings=1)
     forked.stdout.fnmatch_lines(["*Captured stdout call*", "to stdout", "*Captured log call*"])
 
 
@@ -644,9 +648,9 @@ def test_pytest_xdist_with_fork(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_crash=CRASHES)
     args = ("-p", "no:cacheprovider", "-n", "2", "-rA")
     plain = pytester.runpytest_subprocess(*args, "--deselect=test_crash.py")
-    plain.assert_outcomes(passed=5, failed=5, skipped=2, xfailed=1, xpassed=1, errors=3, warnings=1)
+    plain.assert_outcomes(passed=6, failed=5, skipped=2, xfailed=1, xpassed=1, errors=3, warnings=1)
     forked = pytester.runpytest_subprocess("--fork", *args)
-    forked.assert_outcomes(passed=7, failed=9, skipped=2, xfailed=2, xpassed=1, errors=4, warnings=1)
+    forked.assert_outcomes(passed=8, failed=9, skipped=2, xfailed=2, xpassed=1, errors=4, warnings=1)
     forked.stdout.fnmatch_lines_random(["FAILED *test_segfault_in_c - Failed: the forked test process died: signaled SIGSEGV*"])
 
 

@@ -544,13 +544,20 @@ def _child_main(job: _Job) -> NoReturn:
     config = item.config
     try:
         _divert(config, job)
+        # The warnings plugin's context for this test, entered in the parent before the fork,
+        # records the child's warnings in its list: they are sent from there, as the parent's
+        # context would report them (cheaper than entering a context of our own, which is
+        # the fallback, and whose warnings the relay sends).
+        caught = config.pluginmanager.has_plugin("warnings")
+        log = _inherited_warning_log() if caught else None
+        start = 0 if log is None else len(log)
         warned: AbstractContextManager[None] = nullcontext()
-        if catch_warnings_for_item is not None and config.pluginmanager.has_plugin("warnings"):
-            # The parent's warnings wrapper, which we run inside, records nothing in the
-            # child that it could ever report; this one does, and its records are sent.
+        if caught and log is None and catch_warnings_for_item is not None:
             warned = catch_warnings_for_item(config, ihook=item.ihook, when="runtest", item=item)
         with warned, _not_a_child():
             runtestprotocol(item, log=True, nextitem=job.nextitem)
+        for record in log[start:] if log is not None else ():
+            _send_warning(record, item.nodeid, "runtest")
     except pytest.exit.Exception as exc:
         df.send({"exit": [exc.msg, exc.returncode]})
     except KeyboardInterrupt:
@@ -591,6 +598,30 @@ def _send(value: object) -> None:
         df.send(value)
     finally:
         _child._status_fd = hidden
+
+
+def _inherited_warning_log() -> list[warnings.WarningMessage] | None:
+    """The list that ``warnings.catch_warnings(record=True)``, active now, records into."""
+    append = getattr(warnings, "_showwarnmsg_impl", None)
+    log = getattr(append, "__self__", None)
+    return log if isinstance(log, list) and getattr(append, "__name__", "") == "append" else None
+
+
+def _send_warning(record: warnings.WarningMessage, nodeid: str, when: str) -> None:
+    category = record.category
+    _send(
+        {
+            "warning": {
+                "category": f"{category.__module__}.{category.__qualname__}",
+                "message": str(record.message),
+                "filename": record.filename,
+                "lineno": record.lineno,
+                "line": record.line,
+                "nodeid": nodeid,
+                "when": when,
+            }
+        }
+    )
 
 
 def _divert(config: pytest.Config, job: _Job) -> None:
@@ -643,22 +674,8 @@ class _Relay:
         _send({"report": data})
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str) -> None:
-        if self.job is None:
-            return
-        category = warning_message.category
-        _send(
-            {
-                "warning": {
-                    "category": f"{category.__module__}.{category.__qualname__}",
-                    "message": str(warning_message.message),
-                    "filename": warning_message.filename,
-                    "lineno": warning_message.lineno,
-                    "line": warning_message.line,
-                    "nodeid": nodeid,
-                    "when": when,
-                }
-            }
-        )
+        if self.job is not None:
+            _send_warning(warning_message, nodeid, when)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Iterator[None]:
