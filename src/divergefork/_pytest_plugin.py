@@ -634,12 +634,11 @@ def _divert(config: pytest.Config, job: _Job) -> None:
     pm = config.pluginmanager
     relay = _relay_of(config)
     relay.job = job
-    keep = (pm.get_plugin("session"), relay)
+    session = pm.get_plugin("session")
     for name in ("pytest_runtest_logreport", "pytest_warning_recorded"):
-        caller = getattr(pm.hook, name)
-        for impl in caller.get_hookimpls():
-            if impl.plugin not in keep:
-                caller._remove_plugin(impl.plugin)
+        # pluggy has no public way to drop one plugin from one hook; this process ends soon.
+        impls = getattr(pm.hook, name)._hookimpls
+        impls[:] = [impl for impl in impls if impl.plugin is relay or impl.plugin is session]
 
 
 _RELAY: Final = "divergefork-relay"
