@@ -592,8 +592,11 @@ _channel = -1
 
 
 def _send(value: object) -> None:
+    if _channel < 0:  # not hidden (or a runtime that keeps its channel elsewhere)
+        df.send(value)
+        return
     hidden = _child._status_fd
-    _child._status_fd = _channel if _channel >= 0 else hidden
+    _child._status_fd = _channel
     try:
         df.send(value)
     finally:
