@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -315,6 +316,13 @@ def test_last_failed_works(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--fork", "--lf", "-v")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*test_b FAILED*"])
+
+
+def test_pdb_runs_in_the_child(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x():\n    answer = 42\n    assert answer == 1\n")
+    command = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--fork", "--pdb")
+    result = pytester.run(*command, stdin=b"p answer\nc\n")
+    result.stdout.fnmatch_lines(["*entering PDB*", "(Pdb) 42", "*1 failed*"])
 
 
 def test_pytest_exit_in_a_forked_test_ends_the_session(pytester: pytest.Pytester) -> None:

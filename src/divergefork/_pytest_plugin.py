@@ -128,6 +128,9 @@ class _Plan:
     timeout: float | None
     limits: df.Limits | None
     threads: _Threads
+    #: False under --pdb/--trace: the debugger in the child needs the terminal, which only
+    #: its foreground process group may read.
+    new_group: bool = True
 
 
 @final
@@ -170,7 +173,8 @@ def _plan(item: pytest.Item) -> _Plan | None:
     # safe, since the child never touches execnet (it hands every report and warning back to
     # this process, which alone talks to the controller).
     threads: _Threads = "allow" if hasattr(config, "workerinput") else config.option.fork_threads
-    return _Plan(timeout, limits, threads)
+    debugging = bool(config.getoption("usepdb", False) or config.getoption("trace", False))
+    return _Plan(timeout, limits, threads, new_group=not debugging)
 
 
 # -- the protocol, in the parent ----------------------------------------------------------------
@@ -274,6 +278,7 @@ def _fork(job: _Job, plan: _Plan) -> df.Child:
             timeout=plan.timeout,
             threads=plan.threads,
             limits=plan.limits,
+            new_group=plan.new_group,
             # pytest's own capturing in the child makes the report sections, as without
             # --fork; capture=True would put pipes under it and change nothing it reports.
             capture=False,
