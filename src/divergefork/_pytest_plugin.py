@@ -341,7 +341,13 @@ def _capturing(item: pytest.Item, when: _When) -> AbstractContextManager[None]:
     return cast("AbstractContextManager[None]", capman.item_capture(when, item))
 
 
-_TEST_OUTCOME: Final = (pytest.fail.Exception, pytest.skip.Exception, pytest.xfail.Exception, Exception)
+def _left_to_the_child(exc: BaseException) -> bool:
+    """Whether an error of the parent's setup is the child's to raise again and report.
+
+    Everything pytest's setup phase would report (it catches all but Exit and Ctrl-C):
+    either pytest cached it, or the child runs the same code and meets it again.
+    """
+    return not isinstance(exc, pytest.exit.Exception | KeyboardInterrupt)
 
 
 def _prepare(item: pytest.Item) -> None:
@@ -362,7 +368,9 @@ def _prepare(item: pytest.Item) -> None:
                 # SetupState.setup only walks listchain(): given the parent it stops short
                 # of the item, whose own setup is the child's.
                 setupstate.setup(cast(pytest.Item, chain[-1]))
-        except _TEST_OUTCOME:
+        except BaseException as exc:
+            if not _left_to_the_child(exc):
+                raise
             return
         request = getattr(item, "_request", None)
         if not request or not wider:
@@ -374,8 +382,9 @@ def _prepare(item: pytest.Item) -> None:
         try:
             for name, _ in wider:
                 request.getfixturevalue(name)
-        except _TEST_OUTCOME:
-            pass
+        except BaseException as exc:
+            if not _left_to_the_child(exc):
+                raise
         finally:
             del setupstate.stack[item]
 
