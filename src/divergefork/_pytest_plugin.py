@@ -32,7 +32,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NoReturn, cast, final
 
 import pytest
@@ -196,48 +196,65 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return True
 
 
-def _run_forked(item: pytest.Item, nextitem: pytest.Item | None, plan: _Plan | _Unforkable) -> None:
-    config = item.config
-    ihook = item.ihook
-    reports: list[pytest.TestReport] = []
-    warned: list[dict[str, Any]] = []
+@final
+@dataclass(slots=True)
+class _Received:
+    """What the parent learned from one forked test."""
+
+    #: The child's end (None if it was never forked).
     ended: df.Report | None = None
+    #: Every report, rebuilt, in the order the child made them.
+    reports: list[pytest.TestReport] = field(default_factory=list)
+    #: The warnings the child recorded (see _send_warning).
+    warned: list[dict[str, Any]] = field(default_factory=list)
+    #: Why the test fails beyond its reports (not forked, interrupted wait, internal error).
     problem: str | None = None
+    #: pytest.exit() or Ctrl-C in the child: raised here once its reports are logged.
     stop: BaseException | None = None
+
+
+def _run_child(item: pytest.Item, nextitem: pytest.Item | None, plan: _Plan | _Unforkable) -> _Received:
+    received = _Received()
     try:
         if isinstance(plan, _Unforkable):
             raise plan
         _prepare(item)
         child = _fork(_Job(item, nextitem, tuple(item.session._setupstate.stack)), plan)
         try:
-            ended = child.wait()
+            received.ended = child.wait()
         except (Exception, pytest.fail.Exception, pytest.skip.Exception) as exc:
             # Something in this process (pytest-timeout's signal, say) interrupted the wait:
-            # the child was ended by leaving wait(); the test fails with why.
-            ended = child.terminate(grace=0.5)
-            problem = f"{type(exc).__name__}: {exc}"
+            # the child is ended here; the test fails with why.
+            received.ended = child.terminate(grace=0.5)
+            received.problem = f"{type(exc).__name__}: {exc}"
         except BaseException:
             child.terminate(grace=0.5)
             raise
     except _Unforkable as exc:
-        problem = str(exc)
-    else:
-        assert ended is not None
-        for message in ended.messages:
-            if not isinstance(message, dict):
-                continue
-            if "report" in message:
-                reports.append(_rebuild(config, message["report"]))
-            elif "warning" in message:
-                warned.append(message["warning"])
-            elif "exit" in message:
-                msg, code = message["exit"]
-                stop = pytest.exit.Exception(msg, code)
-            elif "interrupted" in message:
-                stop = KeyboardInterrupt()
-            elif "internal" in message:
-                problem = "divergefork: the forked test process failed:\n" + str(message["internal"])
+        received.problem = str(exc)
+        return received
+    config = item.config
+    assert received.ended is not None
+    for message in received.ended.messages:
+        if not isinstance(message, dict):
+            continue
+        if "report" in message:
+            received.reports.append(_rebuild(config, message["report"]))
+        elif "warning" in message:
+            received.warned.append(message["warning"])
+        elif "exit" in message:
+            msg, code = message["exit"]
+            received.stop = pytest.exit.Exception(msg, code)
+        elif "interrupted" in message:
+            received.stop = KeyboardInterrupt()
+        elif "internal" in message:
+            received.problem = "divergefork: the forked test process failed:\n" + str(message["internal"])
+    return received
 
+
+def _run_forked(item: pytest.Item, nextitem: pytest.Item | None, plan: _Plan | _Unforkable) -> None:
+    received = _run_child(item, nextitem, plan)
+    reports, ended, problem, stop = received.reports, received.ended, received.problem, received.stop
     phases = [rep for rep in reports if rep.when != "teardown" or _is_subtest(rep)]
     teardown = next((rep for rep in reports if rep.when == "teardown" and not _is_subtest(rep)), None)
     for rep in phases:
@@ -259,7 +276,7 @@ def _run_forked(item: pytest.Item, nextitem: pytest.Item | None, plan: _Plan | _
         _add_section(teardown, "divergefork", problem)
     if stop is None:
         _log(item, _teardown_here(item, nextitem, teardown))
-    for data in warned:
+    for data in received.warned:
         _replay_warning(item, data)
     item_request = getattr(item, "_request", None)
     if item_request is not None:
