@@ -433,7 +433,9 @@ def test_a_teardown_error_of_a_module_fixture_is_reported_as_plain_pytest_does(
             raise RuntimeError("could not clean up")
 
         def test_a(flaky): pass
-        def test_b(flaky): pass
+        def test_b(flaky, record_property):
+            print("in the last test")
+            record_property("kept", "yes")
         """
     )
     compare_with_plain(pytester).assert_outcomes(passed=2, errors=1)

@@ -457,6 +457,7 @@ def _teardown_here(
         return child_report
     made.sections = [*child_report.sections, *here]
     made.duration += child_report.duration
+    made.user_properties = child_report.user_properties  # record_property ran in the child
     return made
 
 
