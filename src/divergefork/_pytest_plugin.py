@@ -520,6 +520,8 @@ def _failure(item: pytest.Item, when: _When, text: str, last: pytest.TestReport 
             if content:
                 sections.append((f"Captured {key} {when}", content))
     report.sections = sections
+    if last is not None:
+        report.user_properties = last.user_properties
     return report
 
 
