@@ -650,7 +650,7 @@ def test_a_resource_limit_fails_the_test_naming_it(pytester: pytest.Pytester) ->
         import pytest
         import divergefork as df
 
-        @pytest.mark.fork(timeout=5, limits=df.Limits(cpu_seconds=1))
+        @pytest.mark.fork(timeout=3, limits=df.Limits(cpu_seconds=1))
         def test_spins():
             while True:
                 pass
