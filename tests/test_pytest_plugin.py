@@ -397,6 +397,37 @@ def test_wider_fixtures_are_set_up_once_in_the_parent(pytester: pytest.Pytester)
     assert where["function-setup"] != os.getpid()
 
 
+def test_parametrized_wider_fixtures_as_plain_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os, pytest
+
+        def log(what):
+            with open(os.path.join(os.path.dirname(__file__), "log"), "a") as f:
+                f.write(what + "\\n")
+
+        @pytest.fixture(scope="module", params=["a", "b"])
+        def backend(request):
+            log(f"up {request.param}")
+            print(f"starting {request.param}")
+            yield request.param
+            log(f"down {request.param}")
+            print(f"stopping {request.param}")
+
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_uses(backend, n):
+            assert backend in "ab"
+
+        def test_other(backend):
+            assert backend != "b"
+        """
+    )
+    compare_with_plain(pytester).assert_outcomes(passed=5, failed=1)
+    # The same setups and teardowns, once in each run.
+    lines = (pytester.path / "log").read_text().splitlines()
+    assert lines[: len(lines) // 2] == lines[len(lines) // 2 :] == ["up a", "down a", "up b", "down b"]
+
+
 def test_an_error_in_a_module_fixture_is_reported_as_plain_pytest_does(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
