@@ -93,13 +93,15 @@ def junit(path: Path) -> list[str]:
     return [re.sub(r"0x[0-9a-f]+", "0x?", line) for line in lines]
 
 
-def compare_with_plain(pytester: pytest.Pytester, *args: str, subprocess: bool = False) -> pytest.RunResult:
+def compare_with_plain(
+    pytester: pytest.Pytester, *args: str, subprocess: bool = False, summary_only: bool = False
+) -> pytest.RunResult:
     """Run plain and with --fork; assert identical terminal report and JUnit XML."""
     common = ("-rA", "-o", "junit_family=legacy", *args)
     plain = run(pytester, *common, f"--junitxml={pytester.path / 'plain.xml'}", subprocess=subprocess)
     forked = run(pytester, "--fork", *common, f"--junitxml={pytester.path / 'fork.xml'}", subprocess=subprocess)
     ours, theirs = normalized(forked.outlines), normalized(plain.outlines)
-    if subprocess:
+    if subprocess or summary_only:
         # Uncaptured output interleaves with the progress letters differently: the parent
         # logs a child's reports once it has ended. The summary must still be the same.
         ours, theirs = ours[ours.index("short test summary info") :], theirs[theirs.index("short test summary info") :]
@@ -296,6 +298,23 @@ def test_other_options_as_plain_pytest(pytester: pytest.Pytester, option: str) -
         assert normalized(forked.outlines) == normalized(plain.outlines)
     else:
         compare_with_plain(pytester, *option.split())
+
+
+def test_unittest_subtests_as_plain_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import unittest
+
+        class T(unittest.TestCase):
+            def test_sub(self):
+                for i in range(3):
+                    with self.subTest(i=i):
+                        self.assertLess(i, 2)
+        """
+    )
+    # Plain pytest prints the subtest's progress letter while the test's output is captured,
+    # so "u" shows up as captured stdout; the parent prints it on the progress line instead.
+    compare_with_plain(pytester, summary_only=True).assert_outcomes(passed=1, failed=1)
 
 
 def test_durations_are_reported(pytester: pytest.Pytester) -> None:

@@ -310,9 +310,6 @@ def _is_subtest(report: pytest.TestReport) -> bool:
 
 
 def _log(item: pytest.Item, report: pytest.TestReport) -> None:
-    if report.failed and _is_subtest(report) and failed_subtests_key is not None:
-        # The subtests plugin counted it in the child; the verdict on the test is taken here.
-        item.config.stash[failed_subtests_key][report.id] += 1
     item.ihook.pytest_runtest_logreport(report=report)
 
 
@@ -326,6 +323,12 @@ def _rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
         report.longrepr = cast("tuple[str, int, str]", tuple(longrepr))
     report.sections = [cast("tuple[str, str]", tuple(section)) for section in report.sections]
     report.user_properties = [cast("tuple[str, object]", tuple(prop)) for prop in report.user_properties]
+    failed_subtests = data.get(_FAILED_SUBTESTS)
+    if isinstance(failed_subtests, int) and failed_subtests_key is not None:
+        # The subtests plugin fails a passing test that has failed subtests when its call
+        # report is shown, from a count it keeps: the child's count, not a guess (unittest's
+        # subTest failures, for one, are not counted).
+        config.stash[failed_subtests_key][report.id] = failed_subtests
     if data.get(_TEXT_REPR) and isinstance(report.longrepr, str):
         report.longrepr = _TextRepr(report.longrepr)
     context = data.get("_subtest.context")
@@ -337,6 +340,7 @@ def _rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
 
 
 _TEXT_REPR: Final = "$divergefork_text_repr"
+_FAILED_SUBTESTS: Final = "$divergefork_failed_subtests"
 
 
 @final
@@ -707,6 +711,8 @@ class _Relay:
             # Serialised as its text, which the parent would take for a plain string (pytest
             # then shows it in the short summary, where it does not show this kind).
             data[_TEXT_REPR] = True
+        if failed_subtests_key is not None and report.when == "call" and not _is_subtest(report):
+            data[_FAILED_SUBTESTS] = config.stash[failed_subtests_key].get(report.id, 0)
         _send({"report": data})
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str, nodeid: str) -> None:
