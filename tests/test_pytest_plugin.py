@@ -396,6 +396,67 @@ SCOPES = """
 """
 
 
+def test_pytests_fixtures_and_xunit_setup_as_plain_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(FIXTURES)
+    # Output of what the parent set up (a session fixture, setup_class) and of what the
+    # child did in the same phase is one section, as in plain pytest.
+    compare_with_plain(pytester, "-v").assert_outcomes(passed=10, failed=1)
+
+
+FIXTURES = """
+    import logging, os, sys, warnings
+    import pytest
+
+    @pytest.fixture(scope="session", autouse=True)
+    def everywhere():
+        print("session autouse")
+        yield
+
+    @pytest.fixture(scope="module")
+    def with_finalizer(request):
+        request.addfinalizer(lambda: print("module finalizer"))
+        return 1
+
+    class TestX:
+        def setup_method(self, method): print("setup_method", method.__name__)
+        def teardown_method(self, method): print("teardown_method", method.__name__)
+        @classmethod
+        def setup_class(cls): print("setup_class")
+        @classmethod
+        def teardown_class(cls): print("teardown_class")
+        def test_one(self, with_finalizer): assert with_finalizer
+        def test_two(self, capsys):
+            print("hi"); assert capsys.readouterr().out == "hi\\n"
+
+    def test_caplog(caplog):
+        logging.getLogger("x").error("boom")
+        assert "boom" in caplog.text
+
+    def test_tmp(tmp_path, monkeypatch):
+        monkeypatch.setenv("X", "1"); (tmp_path / "f").write_text("x")
+        assert os.environ["X"] == "1"
+
+    def test_warns():
+        with pytest.warns(UserWarning): warnings.warn("w")
+
+    def test_recwarn(recwarn):
+        warnings.warn("r"); assert len(recwarn) == 1
+
+    @pytest.mark.usefixtures("with_finalizer")
+    def test_usefixtures(): pass
+
+    def test_capfd(capfd):
+        os.write(1, b"fd\\n"); assert capfd.readouterr().out == "fd\\n"
+
+    def test_approx(): assert 0.1 + 0.2 == pytest.approx(0.3)
+
+    def test_raises():
+        with pytest.raises(ZeroDivisionError): 1 / 0
+
+    def test_fails_with_diff(): assert {"a": 1, "b": [1, 2]} == {"a": 1, "b": [1, 3]}
+"""
+
+
 def test_wider_fixtures_are_set_up_once_in_the_parent(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SCOPES)
     run(pytester, "--fork").assert_outcomes(passed=5)

@@ -321,7 +321,7 @@ def _rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
     longrepr: object = report.longrepr
     if isinstance(longrepr, list):
         report.longrepr = cast("tuple[str, int, str]", tuple(longrepr))
-    report.sections = [cast("tuple[str, str]", tuple(section)) for section in report.sections]
+    report.sections = _merged([cast("tuple[str, str]", tuple(section)) for section in report.sections])
     report.user_properties = [cast("tuple[str, object]", tuple(prop)) for prop in report.user_properties]
     failed_subtests = data.get(_FAILED_SUBTESTS)
     if isinstance(failed_subtests, int) and failed_subtests_key is not None:
@@ -337,6 +337,17 @@ def _rebuild(config: pytest.Config, data: dict[str, Any]) -> pytest.TestReport:
         # (i=1 would show as i='1'): keep the text the child made.
         object.__setattr__(report.context, "kwargs", dict(context["kwargs"]))
     return report
+
+
+def _merged(sections: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One section per title, its texts in order: what the parent captured of a phase (wider
+    fixtures set up or torn down) and what the child did, as plain pytest shows it."""
+    if len({title for title, _ in sections}) == len(sections):
+        return sections
+    texts: dict[str, str] = {}
+    for title, text in sections:
+        texts[title] = texts.get(title, "") + text
+    return list(texts.items())
 
 
 _TEXT_REPR: Final = "$divergefork_text_repr"
@@ -447,7 +458,7 @@ def _teardown_here(
     if call.excinfo is None:
         if child_report is None:
             child_report = _report(item, "teardown", "passed", None, [], call.duration)
-        child_report.sections.extend(here)
+        child_report.sections = _merged([*child_report.sections, *here])
         child_report.duration += call.duration
         return child_report
     made = cast(pytest.TestReport, item.ihook.pytest_runtest_makereport(item=item, call=call))
@@ -456,10 +467,10 @@ def _teardown_here(
         return made
     if child_report.failed:
         _add_section(child_report, "teardown of wider fixtures", str(made.longrepr))
-        child_report.sections.extend(here)
+        child_report.sections = _merged([*child_report.sections, *here])
         child_report.duration += call.duration
         return child_report
-    made.sections = [*child_report.sections, *here]
+    made.sections = _merged([*child_report.sections, *here])
     made.duration += child_report.duration
     made.user_properties = child_report.user_properties  # record_property ran in the child
     return made
