@@ -7,8 +7,31 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test typecheck pytest bench clean
 
+# The oldest Python divergefork runs on (pyproject.toml's requires-python).
+FLOOR := 3.11
+comma := ,
+FLOOR_CHECK := import sys; sys.exit(0 if sys.version_info >= ($(subst .,$(comma) ,$(FLOOR))) else 1)
+
+# A .venv whose python no longer runs (its interpreter was removed or upgraded away) is
+# rebuilt, even though its stamp looks up to date.
+ifneq ($(wildcard $(STAMP)),)
+ifeq ($(shell [ -x $(BIN)/python ] && echo ok),)
+$(info $(VENV)/bin/python no longer runs: rebuilding $(VENV))
+$(shell rm -f $(STAMP))
+endif
+endif
+
+# No stamp means the last set-up did not finish (an old Python, pip failing half way): that
+# .venv is removed and built again from scratch, never reused.
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "error: $(PYTHON) not found; divergefork needs Python $(FLOOR) or newer: run e.g. make PYTHON=python3.12 $(MAKECMDGOALS)" >&2; exit 1; }
+	@$(PYTHON) -c '$(FLOOR_CHECK)' || { \
+	  echo "error: divergefork needs Python $(FLOOR) or newer, and $(PYTHON) is $$($(PYTHON) -V 2>&1 | cut -d' ' -f2); run e.g. make PYTHON=python3.12 $(MAKECMDGOALS) (nothing was installed)" >&2; exit 1; }
+	@if [ -d $(VENV) ] && { [ ! -e $(STAMP) ] || ! $(BIN)/python -c '$(FLOOR_CHECK)' 2>/dev/null; }; then \
+	  echo "$(VENV) is left from a set-up that did not finish (or is too old): rebuilding it"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
+	@rm -f $(STAMP)  # until the install below succeeds
 	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach d,$(PLUGIN_DISTS),-e ./$(d))
 	touch $(STAMP)
 

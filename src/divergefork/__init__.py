@@ -6,12 +6,13 @@ returns, and is always reaped and reported. See the README for a tour.
 
 from __future__ import annotations
 
-from ._child import MAX_RESULT_BYTES, exec_child, exit_child, send
+from ._child import exec_child, exit_child, send
 from ._errors import DivergeforkError, ForkUnsafeError, PluginError
 from ._fork import Child, fork
 from ._limits import Limits
 from ._hookspecs import ChildSpec, Config, hookimpl, hookspec
-from ._reap import CAPTURE_LIMIT
+from ._forensics import STACK_SIGNAL
+from ._waiter import CAPTURE_LIMIT
 from ._report import RETURNED_EXIT_CODE, Outcome, Report
 from ._scope import Scope
 from ._shared import SharedCounter
@@ -24,11 +25,11 @@ __all__ = [
     "DivergeforkError",
     "ForkUnsafeError",
     "Limits",
-    "MAX_RESULT_BYTES",
     "Outcome",
     "PluginError",
     "RETURNED_EXIT_CODE",
     "Report",
+    "STACK_SIGNAL",
     "Scope",
     "SharedCounter",
     "exec_child",

@@ -5,20 +5,14 @@ ever returned from it, or let an exception escape, it would run the caller's ``f
 blocks, the test runner, and at the end the parent's atexit handlers a second time.
 :func:`run` is the only function the child executes after ``fork`` and it cannot unwind.
 
-The child talks to the parent through a private status pipe (close-on-exec, so an exec'd
-program never sees it). Records are ``kind (1 byte) + length (4 bytes) + payload``:
-
-=====  =================================================================================
-kind   payload
-=====  =================================================================================
-``V``  JSON of the ``result`` given to :func:`exit_child`
-``E``  traceback of the exception the entry raised
-``R``  text saying what the entry returned (a contract violation)
-``X``  JSON argv of an exec attempt; if the exec succeeds nothing follows
-``F``  text of the exec failure
-=====  =================================================================================
-
-A child that just exits writes nothing at all: the fast path costs no system call.
+The child starts with every signal blocked (the parent blocked them around ``fork``), in the
+parent's process group. In this order it: puts its status pipe on ``STACK_FD`` (where
+faulthandler writes), leads a group of its own and drops terminal signals that reached it
+while it was still in the parent's group, sets its parent-death signal (then checks the
+parent did not die before that), ignores SIGTTIN/SIGTTOU if there is a controlling terminal
+(reading it from a background group then fails with EIO instead of stopping the child
+forever), resets a Python SIGTERM handler to the default, restores the dispositions and mask
+its caller had, and only then runs the entry. The status pipe protocol is in ``_status``.
 """
 
 from __future__ import annotations
@@ -28,97 +22,95 @@ import fcntl
 import json
 import os
 import signal
-import stat
-import struct
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, NoReturn, TypeVar
 
-from . import _linux
+from . import _linux, _status
 from ._errors import DivergeforkError
+from ._options import Options
 from ._report import RETURNED_EXIT_CODE
 
-__all__ = ["MAX_RESULT_BYTES", "exec_child", "exit_child", "run", "send"]
+__all__ = ["exec_child", "exit_child", "run", "send"]
 
 T = TypeVar("T")
 
-#: The largest JSON ``result`` (UTF-8 bytes) :func:`exit_child` sends back.
-MAX_RESULT_BYTES: Final = 16 * 1024 * 1024
 #: The most of a traceback sent to the parent (its end is kept).
 MAX_ERROR_BYTES: Final = 256 * 1024
 
-_HEADER: Final = struct.Struct("!cI")
-_SIGKILL: Final = int(signal.SIGKILL)
-_PR_SET_PDEATHSIG: Final = 1
-_prctl: Final = _linux.prctl_function()
-_pthread_sigmask: Final = _linux.pthread_sigmask
-_getsignal: Final = _linux.raw_getsignal
-_SIGTERM: Final = int(signal.SIGTERM)
-_SIG_SETMASK: Final = _linux.SIG_SETMASK
-_RESTORE_AT_EXEC: Final = tuple(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
-)
+# Signals a terminal sends to its foreground group (Ctrl-C, Ctrl-\, Ctrl-Z): one that reached
+# the child between fork and setpgid was meant for the parent's group, not for it.
+_TERMINAL_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP})
+_RESTORE_AT_EXEC: Final = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+_PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__))
 
-# The write end of this process's status pipe, set in the child right after fork; -1 in any
-# other process. Every fork resets it (see the at-fork hook below), so a process forked from a
+# This process's sender to its parent, set in the child right after fork; None in any other
+# process. Every fork resets it (see the at-fork hook below), so a process forked from a
 # child with plain os.fork is not "in" a divergefork child and cannot write to the pipe.
-_status_fd = -1
+_sender: _status.Sender | None = None
 
 
-def _forget_status() -> None:
-    global _status_fd
-    _status_fd = -1
+def _forget_sender() -> None:
+    global _sender
+    _sender = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_status)
+os.register_at_fork(after_in_child=_forget_sender)
 
 
 def run(
     value: T,
     entry: Callable[[T], NoReturn],
-    status_fd: int,
+    options: Options,
+    status: tuple[int, int],
     parent_pid: int,
-    *,
-    kill_on_parent_exit: bool,
-    new_group: bool,
-    capture: tuple[int, int, int, int] | None,
     sigmask: ctypes.Array[ctypes.c_ubyte],
+    dispositions: dict[int, object] | None,
+    capture: tuple[int, int, int, int] | None,
 ) -> NoReturn:
     """The child's whole life after ``fork``: set up, call the entry, end in ``os._exit``.
 
-    The parent forked with every signal blocked (so that no KeyboardInterrupt can separate
-    a child from its handle); ``sigmask`` is the mask to restore before the entry runs.
+    ``status`` is (the status pipe's write end, the stack descriptor or -1); ``sigmask`` and ``dispositions``
+    are what the caller had when it asked for this child (for a child a Scope queued, when
+    it called ``scope.fork``: never the mask the runtime blocked for its bookkeeping).
     """
-    global _status_fd
+    global _sender
     code = 1
     try:
         try:
-            _status_fd = status_fd
-            if new_group:
+            status_w, stack_fd = status
+            fd = status_w
+            if stack_fd >= 0:
+                os.dup2(status_w, stack_fd, inheritable=False)
+                fd = stack_fd
+            pipe = os.fstat(fd)
+            _sender = _status.Sender(fd, (pipe.st_dev, pipe.st_ino), options.codec)
+            if options.new_group:
                 # First, before anything that could fork: grandchildren must be in the group.
                 try:
                     os.setpgid(0, 0)
                 except OSError:
                     pass
-            if kill_on_parent_exit:
-                # Called directly with int constants: every object touched here is a page
-                # copied in the child (see _linux).
-                if _prctl is not None:
-                    _prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+                for sig in signal.sigpending() & _TERMINAL_SIGNALS:
+                    signal.sigtimedwait([sig], 0)  # taken off the pending set, never delivered
+            if options.on_parent_exit == "kill":
+                _linux.set_parent_death_signal(signal.SIGKILL)
                 # The parent may have died before prctl ran; then we were reparented and the
                 # death signal will never come.
                 if os.getppid() != parent_pid:
-                    code = 128 + _SIGKILL
+                    code = 128 + signal.SIGKILL
                     _exit(code)
-            if callable(_getsignal(_SIGTERM)):
+            if options.new_group and _linux.has_controlling_terminal():
+                signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+                signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            if callable(signal.getsignal(signal.SIGTERM)):
                 # A Python SIGTERM handler inherited from the parent would turn a deadline
                 # into an exception in the entry; the kernel's default is what we promise.
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            # Only now, in its own group and with its handlers set, may signals reach it: a
-            # terminal's Ctrl-C meant for the parent's group, or an early deadline's SIGTERM.
-            _pthread_sigmask(_SIG_SETMASK, sigmask, None)
+            if dispositions is not None:
+                _linux.restore_dispositions(dispositions)
+            _linux.restore_signals(sigmask)
             if capture is not None:
                 _redirect_output(capture)
             # Typed as what it may do at run time, not what it promises: it may return.
@@ -130,16 +122,7 @@ def run(
             code = _system_exit_code(exc)
         except BaseException as exc:  # noqa: BLE001 - the child must never unwind
             code = 1
-            text = "".join(traceback.format_exception(exc))
-            try:
-                sys.stderr.write(text)
-            except BaseException:  # noqa: BLE001
-                pass
-            data = text.encode("utf-8", "replace")
-            if len(data) > MAX_ERROR_BYTES:
-                # Keep the end: the exception's type and message are on the last lines.
-                data = b"[traceback truncated]\n" + data[-MAX_ERROR_BYTES:]
-            _send(b"E", data)
+            _report_exception(exc)
     finally:
         # Whatever happened above, including an exception while reporting one, the child
         # ends here and never returns into the caller of fork().
@@ -147,15 +130,14 @@ def run(
 
 
 def exit_child(code: int = 0, *, result: object = None) -> NoReturn:
-    """End this child with exit status ``code``, handing ``result`` (JSON) to the parent.
+    """End this child with exit status ``code``, handing ``result`` to the parent.
 
-    ``sys.stdout`` and ``sys.stderr`` are flushed first. A ``result`` that is not
-    JSON-serialisable raises ``TypeError``, and one larger than ``MAX_RESULT_BYTES`` raises
-    ``ValueError``, here in the child (so the report says ``raised`` and why).
+    ``sys.stdout`` and ``sys.stderr`` are flushed first. A ``result`` the child's codec
+    cannot carry (``json`` by default, or ``pickle``) raises ``TypeError`` here, in the child,
+    so the report says ``raised`` and why. Results of any size arrive whole.
     """
-    if result is None and _status_fd >= 0 and code.__class__ is int and 0 <= code <= 255:
-        _exit(code)  # the fast path: nothing to send, the exit status says it all
-    if _status_fd < 0:
+    sender = _sender
+    if sender is None:
         raise DivergeforkError(
             "exit_child() was called outside a child started by divergefork.fork(); "
             "in an ordinary process use sys.exit()"
@@ -163,18 +145,9 @@ def exit_child(code: int = 0, *, result: object = None) -> NoReturn:
     if not isinstance(code, int) or isinstance(code, bool):
         raise TypeError(f"exit_child(code=...) must be an int, not {type(code).__name__}")
     if not 0 <= code <= 255:
-        # The kernel keeps only the low 8 bits: 256 would silently read as success.
-        raise ValueError(f"exit_child(code={code}) must be between 0 and 255")
+        raise ValueError(_out_of_range(f"exit_child(code={code})"))
     if result is not None:
-        try:
-            payload = json.dumps(result, allow_nan=False).encode()
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"exit_child(result=...) must be JSON-serialisable: {exc}") from exc
-        if len(payload) > MAX_RESULT_BYTES:
-            raise ValueError(
-                f"exit_child(result=...) is {len(payload)} bytes of JSON; the limit is "
-                f"MAX_RESULT_BYTES = {MAX_RESULT_BYTES}: write large data to a file instead"
-            )
+        payload = _status.encode(sender.codec, result, "exit_child(result=...)")
         _flush()
         _send(b"V", payload)
     _exit(code)
@@ -184,18 +157,16 @@ def send(value: object) -> None:
     """Send ``value`` to the parent now; it is kept, in order, in ``Report.messages``.
 
     Kept even if the child later crashes or is killed. Uses the child's codec (``json`` by
-    default): a value it cannot encode raises ``TypeError`` here, in the child.
+    default, or ``pickle``): a value it cannot carry raises ``TypeError`` here, in the child.
+    Any size arrives whole.
     """
-    if _status_fd < 0:
+    sender = _sender
+    if sender is None:
         raise DivergeforkError(
             "send() was called outside a child started by divergefork.fork(); "
             "only a forked child has a parent to send to"
         )
-    try:
-        payload = json.dumps(value, allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"send(value) must be JSON-serialisable: {exc}") from exc
-    _send(b"M", payload)
+    _send(b"M", _status.encode(sender.codec, value, "send(value)"))
 
 
 def exec_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> NoReturn:
@@ -221,7 +192,7 @@ def exec_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
             if "\0" in key or "\0" in val or "=" in key or not key:
                 raise ValueError(f"exec_child(env=...) has an invalid variable: {key!r}={val!r}")
     _flush()
-    inside = _status_fd >= 0
+    inside = _sender is not None
     if inside:
         # Announced only once nothing but the exec itself can fail.
         _send(b"X", json.dumps(args).encode())
@@ -266,46 +237,71 @@ def _flush() -> None:
 
 
 def _send(kind: bytes, payload: bytes) -> None:
-    fd = _status_fd
-    if fd < 0:
+    sender = _sender
+    if sender is None:
         return
-    try:
-        is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
-    except OSError:
-        is_pipe = False
-    if not is_pipe:
+    if not sender.send(kind, payload):
         # The entry closed our descriptor (closerange, daemonising) and maybe reused the
         # number for a file of its own: never write a status record into the user's data.
+        # Straight to descriptor 2: sys.stderr may wrap a descriptor the entry closed too.
         try:
-            sys.stderr.write(
-                f"divergefork: the child closed its status pipe (fd {fd}); the parent will not "
-                "receive its result, exception or exec record\n"
+            os.write(
+                2,
+                f"divergefork: the child closed its status pipe (fd {sender.fd}); the parent will "
+                "not receive its result, messages, exception or exec record\n".encode(),
             )
-        except BaseException:  # noqa: BLE001
+        except OSError:
             pass
-        return
-    data = memoryview(_HEADER.pack(kind, len(payload)) + payload)
+
+
+def _report_exception(exc: BaseException) -> None:
+    text = "".join(_user_traceback(exc).format())
     try:
-        # The parent reads while it waits, so a result larger than the pipe's buffer
-        # blocks here only until the parent drains it.
-        while data:
-            data = data[os.write(fd, data) :]
-    except OSError:
-        pass  # the parent is gone or stopped listening; the exit status still tells
+        sys.stderr.write(text)
+    except BaseException:  # noqa: BLE001
+        pass
+    data = text.encode("utf-8", "replace")
+    if len(data) > MAX_ERROR_BYTES:
+        # Keep the end: the exception's type and message are on the last lines.
+        data = b"[traceback truncated]\n" + data[-MAX_ERROR_BYTES:]
+    _send(b"E", data)
+
+
+def _user_traceback(exc: BaseException) -> traceback.TracebackException:
+    """The exception's traceback without divergefork's own frames (the user's code only)."""
+    tb = traceback.TracebackException.from_exception(exc)
+    pending = [tb]
+    while pending:
+        current = pending.pop()
+        frames = [frame for frame in current.stack if os.path.dirname(os.path.abspath(frame.filename)) != _PACKAGE_DIR]
+        current.stack = traceback.StackSummary.from_list(frames)
+        pending += [link for link in (current.__cause__, current.__context__) if link is not None]
+    return tb
 
 
 def _system_exit_code(exc: SystemExit) -> int:
     code = exc.code
     if code is None:
         return 0
-    if isinstance(code, int):
-        return code
+    if isinstance(code, int) and not isinstance(code, bool):
+        if 0 <= code <= 255:
+            return code
+        # Treated as exit_child treats it: the kernel keeps 8 bits and 256 would read as 0.
+        _report_exception(ValueError(_out_of_range(f"sys.exit({code})")))
+        return 1
     # Like the interpreter: sys.exit("message") prints the message and exits 1.
     try:
         sys.stderr.write(f"{code}\n")
     except BaseException:  # noqa: BLE001
         pass
     return 1
+
+
+def _out_of_range(call: str) -> str:
+    return (
+        f"{call}: an exit status must be between 0 and 255 (the kernel keeps only the low 8 "
+        "bits, so 256 would read as success)"
+    )
 
 
 def _returned_text(entry: object, returned: object) -> str:
@@ -324,11 +320,8 @@ def _returned_text(entry: object, returned: object) -> str:
 
 
 def _redirect_output(capture: tuple[int, int, int, int]) -> None:
-    global _status_fd
     # A parent whose standard descriptors were closed may have got pipes numbered 1 or 2:
-    # dup2 below must overwrite neither the status pipe nor the stderr pipe's write end.
-    if _status_fd in (1, 2):
-        _status_fd = fcntl.fcntl(_status_fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    # dup2 below must not overwrite the stderr pipe's write end before it is used.
     out_r, out_w, err_r, err_w = capture
     if err_w == 1:
         err_w = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, 3)

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Generic, NoReturn, TypeVar, final
 
 import pluggy
 
-from ._fork import Codec, Options, Threads
+from ._options import Codec, Options, Threads
 from ._limits import Limits
 from ._report import Report
 
@@ -44,6 +46,7 @@ __all__ = [
     "divergefork_report",
     "hookimpl",
     "hookspec",
+    "spec_origin",
 ]
 
 T = TypeVar("T")
@@ -102,6 +105,9 @@ class ChildSpec(Generic[T]):
             self.options()
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"ChildSpec {self.name!r}: {str(exc).replace('fork(', '(')}") from None
+        # Where the spec was built, for errors that come later (two children with one name).
+        # Not a field: equality and repr stay those of the values.
+        object.__setattr__(self, "_origin", _caller_line())
 
     def options(self, *, timeout: float | None = None, capture: bool | None = None) -> Options:
         """The ``df.fork`` options of this child (``timeout``/``capture`` may be overridden)."""
@@ -116,6 +122,20 @@ class ChildSpec(Generic[T]):
             limits=self.limits,
             codec=self.codec,
         )
+
+
+def _caller_line() -> str | None:
+    """``file:line`` of the code that called ``ChildSpec(...)``, past the generated ``__init__``."""
+    frame: FrameType | None = sys._getframe(2)  # noqa: SLF001 - 0 is us, 1 is __post_init__
+    while frame is not None and (frame.f_code.co_filename.startswith("<") or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    return None if frame is None else f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def spec_origin(spec: ChildSpec[Any]) -> str | None:
+    """``file:line`` where ``spec`` was built, if known."""
+    origin = getattr(spec, "_origin", None)
+    return origin if isinstance(origin, str) else None
 
 
 @final
@@ -166,7 +186,8 @@ def divergefork_report(report: Report) -> None:
 def divergefork_finished(reports: Sequence[Report]) -> None:
     """Observe all reports, in the parent, after the last child was reaped.
 
-    ``reports`` is in the order children ended. Called also when some children failed; not
+    ``reports`` is in the order children ended. Called also when some children failed, and
+    after ``-x/--fail-fast`` cancelled the rest (they are in ``reports``, ``cancelled``); not
     called when the run was interrupted or a fork was refused part way through (the other
     children were then cancelled), nor for a plugin whose ``divergefork_report`` raised. An
     exception here is reported naming the plugin (exit 1) and does not keep the other plugins'

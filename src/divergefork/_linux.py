@@ -1,12 +1,13 @@
 """The platform seam: everything that differs between Linux and other POSIX systems.
 
-Linux gives us pidfds (a reaped-and-reused pid can never be signalled by mistake, and the
-exit of a child is a readable file descriptor we can put in one epoll) and
-``PR_SET_PDEATHSIG`` (the kernel kills a child whose parent died, even by SIGKILL). Elsewhere
-both degrade: signals go by pid (safe while the child is unreaped, because an unreaped pid is
-never reused) and children are found by polling ``wait4(pid, WNOHANG)`` with a backoff.
+Linux gives us pidfds (a reaped-and-reused pid can never be signalled by mistake, and a
+child's exit is a pollable descriptor), ``PR_SET_PDEATHSIG`` (the kernel kills a child whose
+parent died, even by SIGKILL), ``PR_SET_CHILD_SUBREAPER`` and the kernel's own thread count
+(``/proc/self/task``). Elsewhere they degrade: signals go by pid (safe while the child is
+unreaped, because an unreaped pid is never reused), children are found by polling
+``waitid(WNOHANG)`` with a backoff, and only Python's own threads are counted.
 
-Set ``DIVERGEFORK_NO_PIDFD=1`` to force the fallback on Linux (the test-suite does, to test it).
+Set ``DIVERGEFORK_NO_PIDFD=1`` to force the polling fallback on Linux (the tests do, to test it).
 """
 
 from __future__ import annotations
@@ -14,123 +15,129 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import importlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Iterator
 from typing import Final
 
 __all__ = [
     "HAVE_FORK",
     "HAVE_PDEATHSIG",
+    "SigSet",
+    "block_signals",
     "have_pidfd",
     "pidfd_open",
-    "signal_process",
+    "restore_signals",
+    "set_parent_death_signal",
     "signal_group",
+    "signal_process",
+    "signals_blocked",
+    "thread_count",
 ]
 
 HAVE_FORK: Final = hasattr(os, "fork")
 
-#: The C-level getsignal: signal.getsignal wraps its answer in an enum member.
-raw_getsignal: Final[Callable[[int], object]] = importlib.import_module("_signal").getsignal
+_libc = ctypes.CDLL(None)
 
-# pthread_sigmask through ctypes, on pre-built sigset_t buffers. Signals are blocked around
-# every fork and every reap, and in a parent that has just forked every page it writes is
-# copied (see _fork.start). _signal.pthread_sigmask builds a set of ~62 ints per call: the
-# three calls it took to save, block and restore wrote about 19 pages per fork; the two
-# ctypes calls here write about 10 (measured in a fork loop with 150 children alive).
+# Signals are blocked around every fork and every reap, so this is on the per-child path. The
+# public signal.pthread_sigmask turns each of ~62 signals into an enum member on every call
+# (measured: +10-20 % per child); libc's through ctypes, on a raw sigset_t, does not.
 #: A sigset_t (128 bytes on glibc and musl, more than any other libc uses).
 SigSet: Final = ctypes.c_ubyte * 128
-SIG_BLOCK: Final = int(signal.SIG_BLOCK)
-SIG_SETMASK: Final = int(signal.SIG_SETMASK)
-# SIGKILL can never be blocked, so a mask the kernel saved never has its bit set: a buffer
-# still holding it was never written. Signal n is bit n - 1 of the first unsigned long.
-_WORD: Final = ctypes.sizeof(ctypes.c_ulong)
-UNSAVED_BYTE: Final = (
-    (signal.SIGKILL - 1) // 8 if sys.byteorder == "little" else _WORD - 1 - (signal.SIGKILL - 1) // 8
-)
-UNSAVED_BIT: Final = 1 << (signal.SIGKILL - 1) % 8
 
 
 def _load_sigmask() -> tuple[ctypes._NamedFuncPointer, ctypes.Array[ctypes.c_ubyte]]:
     try:
-        libc = ctypes.CDLL(None)
-        sigmask = libc.pthread_sigmask
-    except (OSError, AttributeError) as exc:
+        sigmask = _libc.pthread_sigmask
+    except AttributeError as exc:
         raise ImportError(f"divergefork needs the C library's pthread_sigmask through ctypes: {exc}") from exc
     sigmask.restype = ctypes.c_int
     every = SigSet()
-    libc.sigfillset(every)  # the kernel silently keeps SIGKILL and SIGSTOP unblocked
+    _libc.sigfillset(every)  # the kernel silently keeps SIGKILL and SIGSTOP unblocked
     return sigmask, every
 
 
-#: ``pthread_sigmask(how, set, oldset)`` with ``SigSet`` buffers (or None); returns 0 or an errno.
-pthread_sigmask, EVERY_SIGNAL = _load_sigmask()
-# Spare buffers for saved masks (one per nested use; a signal handler may fork while we hold one).
-spare_masks: Final[list[ctypes.Array[ctypes.c_ubyte]]] = []
+_pthread_sigmask, _EVERY_SIGNAL = _load_sigmask()
+
+
+# SIGKILL can never be blocked, so a mask the kernel saved never has its bit set: a buffer
+# that still holds it was never written. Signal n is bit n - 1 of the first unsigned long.
+_WORD: Final = ctypes.sizeof(ctypes.c_ulong)
+_UNSAVED_BYTE: Final = (
+    (signal.SIGKILL - 1) // 8 if sys.byteorder == "little" else _WORD - 1 - (signal.SIGKILL - 1) // 8
+)
+_UNSAVED_BIT: Final = 1 << (signal.SIGKILL - 1) % 8
 
 
 def mask_buffer() -> ctypes.Array[ctypes.c_ubyte]:
-    """A buffer for the mask that blocking every signal saves, marked as not yet written.
+    """A buffer for a saved signal mask, marked as not yet written by the kernel."""
+    buffer = SigSet()
+    buffer[_UNSAVED_BYTE] = _UNSAVED_BIT
+    return buffer
 
-    Use :func:`signals_blocked`; ``_fork.start`` inlines the same calls on the fork path.
+
+def block_signals(saved: ctypes.Array[ctypes.c_ubyte]) -> None:
+    """Block every signal, saving the mask that was in force into ``saved``.
+
+    ``saved`` comes from :func:`mask_buffer` *before* the call: Python may run a pending
+    signal's handler as soon as this returns, and a ``finally`` must then know whether the
+    mask was saved (and so must be restored) from the buffer alone.
     """
-    saved = spare_masks.pop() if spare_masks else SigSet()
-    saved[UNSAVED_BYTE] = UNSAVED_BIT
-    return saved
+    _pthread_sigmask(signal.SIG_BLOCK, _EVERY_SIGNAL, saved)
 
 
 def restore_signals(saved: ctypes.Array[ctypes.c_ubyte]) -> None:
-    """Restore the mask saved in ``saved`` (nothing if it was never saved); recycle the buffer."""
-    if not saved[UNSAVED_BYTE] & UNSAVED_BIT:
-        pthread_sigmask(SIG_SETMASK, saved, None)
-    spare_masks.append(saved)
+    """Put back the mask in ``saved``, if :func:`block_signals` really saved one."""
+    if not saved[_UNSAVED_BYTE] & _UNSAVED_BIT:
+        _pthread_sigmask(signal.SIG_SETMASK, saved, None)
+
+
+def current_mask() -> ctypes.Array[ctypes.c_ubyte]:
+    """The calling thread's signal mask, unchanged."""
+    saved = mask_buffer()
+    _pthread_sigmask(signal.SIG_BLOCK, None, saved)
+    return saved
 
 
 @contextlib.contextmanager
 def signals_blocked() -> Iterator[ctypes.Array[ctypes.c_ubyte]]:
-    """Block every signal for the ``with`` body; yield the mask saved (the caller's).
+    """Block every signal for the ``with`` body; yield the caller's mask.
 
-    For bookkeeping that an interrupt must not split: a Python handler then raises only where
-    the mask is restored, with nothing half-done. (The fork path inlines the same calls.)
+    For bookkeeping that an interrupt must not split: a Python handler (Ctrl-C's
+    KeyboardInterrupt) then raises only once the mask is restored, with nothing half-done.
     """
     saved = mask_buffer()
     try:
-        pthread_sigmask(SIG_BLOCK, EVERY_SIGNAL, saved)
+        block_signals(saved)
         yield saved
     finally:
         restore_signals(saved)
-
-
-_PR_SET_PDEATHSIG: Final = 1
-_PR_GET_PDEATHSIG: Final = 2
 
 
 def _load_prctl() -> ctypes._NamedFuncPointer | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(None)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
+        prctl = _libc.prctl
+    except AttributeError:
         return None
     prctl.restype = ctypes.c_int
     return prctl
 
 
-# Bound once in the parent so the child, which pays a copy-on-write fault for every page it
-# touches, only makes the call. Measured in a child: plain int arguments and no use_errno
-# cost 4 page faults, prebuilt c_ulong arguments 8, and argtypes conversion with errno 24.
-# Plain Python ints travel as C ints sign-extended to a register, which is what prctl's
-# unsigned long arguments read for the small non-negative values passed here.
 _prctl: Final = _load_prctl()
 HAVE_PDEATHSIG: Final = _prctl is not None
+_PR_SET_PDEATHSIG: Final = 1
+_PR_GET_PDEATHSIG: Final = 2
+_PR_SET_CHILD_SUBREAPER: Final = 36
 
 
-def prctl_function() -> ctypes._NamedFuncPointer | None:
-    """libc's ``prctl`` as a ctypes function (plain int arguments), or None off Linux."""
-    return _prctl
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent thread dies (Linux)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def parent_death_signal() -> int:
@@ -140,6 +147,23 @@ def parent_death_signal() -> int:
     sig = ctypes.c_int(0)
     _prctl(_PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0)
     return sig.value
+
+
+def set_child_subreaper() -> bool:
+    """Make orphaned descendants of this process its children, not init's (Linux >= 3.4)."""
+    return _prctl is not None and _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def thread_count() -> int:
+    """Threads in this process as the kernel counts them, native ones included.
+
+    A ``stat`` of ``/proc/self/task``: its link count is 2 plus one per thread. Elsewhere,
+    only the threads the ``threading`` module knows.
+    """
+    try:
+        return os.stat("/proc/self/task").st_nlink - 2
+    except OSError:
+        return threading.active_count()
 
 
 def _probe_pidfd() -> bool:
@@ -167,15 +191,19 @@ def have_pidfd() -> bool:
 
 
 def pidfd_open(pid: int) -> int | None:
-    """A close-on-exec pidfd for ``pid``, or ``None`` where pidfds are unavailable."""
+    """A close-on-exec pidfd for ``pid``; ``None`` without pidfds or out of descriptors.
+
+    Callers then fall back to polling ``waitid``, so running out of descriptors never stops
+    a child from being waited for.
+    """
     if not have_pidfd():
         return None
-    return os.pidfd_open(pid)
-
-
-def no_pidfd_open(pid: int) -> int:
-    """Stands in for ``os.pidfd_open`` where Python lacks it (never called: no pidfds there)."""
-    raise OSError(errno.ENOSYS, "pidfd_open is not available")
+    try:
+        return os.pidfd_open(pid)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            return None
+        raise
 
 
 def signal_process(pid: int, pidfd: int | None, sig: int) -> bool:
@@ -193,8 +221,8 @@ def signal_process(pid: int, pidfd: int | None, sig: int) -> bool:
 def signal_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to a process group; False if the group is empty or not ours.
 
-    Only called with the pid of a child we have not reaped yet, or just reaped: a pid that is
-    some live process's group id is never handed out again, so this cannot hit a stranger.
+    Only called with the pid of a child we have not reaped yet: a pid that is some live
+    process's group id is never handed out again, so this cannot hit a stranger.
     """
     try:
         os.killpg(pgid, sig)
@@ -203,3 +231,54 @@ def signal_group(pgid: int, sig: int) -> bool:
             return False
         raise
     return True
+
+
+_controlling_terminal: bool | None = None
+
+
+def has_controlling_terminal() -> bool:
+    """Whether this process has a controlling terminal (asked once per process)."""
+    global _controlling_terminal
+    if _controlling_terminal is None:
+        try:
+            os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC))
+        except OSError:
+            _controlling_terminal = False
+        else:
+            _controlling_terminal = True
+    return _controlling_terminal
+
+
+def _forget_terminal() -> None:
+    global _controlling_terminal
+    _controlling_terminal = None
+
+
+os.register_at_fork(after_in_child=_forget_terminal)
+
+
+_CATCHABLE: Final = tuple(
+    sig for sig in range(1, signal.NSIG) if sig not in (signal.SIGKILL, signal.SIGSTOP)
+)
+
+
+def dispositions() -> dict[int, object]:
+    """This process's Python-level signal dispositions (what ``signal.getsignal`` knows)."""
+    found: dict[int, object] = {}
+    for sig in _CATCHABLE:
+        try:
+            found[sig] = signal.getsignal(sig)
+        except ValueError:  # a signal number this platform does not have
+            continue
+    return found
+
+
+def restore_dispositions(saved: dict[int, object]) -> None:
+    """Set every disposition that differs from ``saved`` back to it (C-level ones excepted)."""
+    for sig, handler in saved.items():
+        if handler is None or signal.getsignal(sig) is handler:
+            continue
+        try:
+            signal.signal(sig, handler)  # type: ignore[arg-type]  # getsignal's own values
+        except (OSError, ValueError, TypeError):
+            continue

@@ -42,7 +42,7 @@ import pluggy
 
 from . import _hookspecs
 from ._errors import PluginError
-from ._hookspecs import ChildSpec, Config
+from ._hookspecs import ChildSpec, Config, spec_origin
 from ._report import Report
 
 __all__ = [
@@ -123,8 +123,9 @@ _HOSTS: Final = tuple(os.path.join(os.path.dirname(module.__file__ or ""), "") f
 
 def _is_users_frame(filename: str) -> bool:
     # Frames of the import machinery (frozen or importlib/) and of other stdlib modules say
-    # nothing about where the plugin went wrong; the plugin's own last line does.
-    if filename.startswith("<frozen ") or filename.startswith(_HOSTS):
+    # nothing about where the plugin went wrong; the plugin's own last line does. Nor does
+    # generated code ("<string>": the __init__ a dataclass such as ChildSpec compiles).
+    if filename.startswith("<") or filename.startswith(_HOSTS):
         return False
     return not filename.startswith(_STDLIB) or filename.startswith(_SITE)
 
@@ -140,11 +141,23 @@ def _exception_text(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError) and exc.filename:
         # The traceback of a SyntaxError ends in the import machinery, not at the bad line.
         return f"{text} (at {exc.filename}:{exc.lineno})"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_users_frame(f.filename)]
-    if frames:
-        where = frames[-1]
+    where = _users_frame(exc)
+    if where is not None:
         text += f" (at {where.filename}:{where.lineno}, in {where.name})"
     return text
+
+
+def _users_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_users_frame(f.filename)]
+    return frames[-1] if frames else None
+
+
+def _spec_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is ``ChildSpec`` refusing an option (raised by its ``__post_init__``)."""
+    return isinstance(exc, TypeError | ValueError) and any(
+        frame.name == "__post_init__" and frame.filename == _hookspecs.__file__
+        for frame in traceback.extract_tb(exc.__traceback__)
+    )
 
 
 def _hook_signature(pm: pluggy.PluginManager, hookname: str) -> str:
@@ -172,11 +185,13 @@ class Plugins:
     modules in command-line order; hooks are called and children collected in that order.
     """
 
-    __slots__ = ("pm", "plugins", "blocked", "last_call", "thread_starter")
+    __slots__ = ("pm", "plugins", "blocked", "failed", "last_call", "thread_starter")
 
     pm: Final[pluggy.PluginManager]
     plugins: Final[list[Plugin]]
     blocked: Final[list[str]]
+    #: Plugins that failed to load, kept only by ``load_plugins(..., keep_going=True)``.
+    failed: Final[list[PluginError]]
     #: The last hook called and whose it was (``"divergefork_report of plugin 'x' (...)"``),
     #: for errors that show up later because of what a hook did (a thread it started, say).
     last_call: str | None
@@ -189,6 +204,7 @@ class Plugins:
         self.pm.add_hookspecs(_hookspecs)
         self.plugins = []
         self.blocked = []
+        self.failed = []
         self.last_call = None
         self.thread_starter = None
 
@@ -333,25 +349,33 @@ class Plugins:
         implementing = [plugin for plugin in self.plugins if id(plugin.obj) in rank]
         return sorted(implementing, key=lambda plugin: rank[id(plugin.obj)])
 
-    def add_options(self, parser: argparse.ArgumentParser, reserved: Iterable[str] = ()) -> None:
+    def add_options(
+        self, parser: argparse.ArgumentParser, reserved: Iterable[str] = (), *, errors: list[PluginError] | None = None
+    ) -> None:
         """Call every plugin's ``divergefork_addoption(parser)``.
 
         ``reserved`` are option strings the command adds elsewhere (to a subcommand that
         inherits ``parser``): a plugin taking one is told to rename it, naming the plugin,
-        rather than argparse failing later with no plugin named.
+        rather than argparse failing later with no plugin named. With ``errors`` (a list, for
+        ``--help``), a failing plugin's error is appended there instead of raised.
         """
         taken = set(reserved)
         for plugin in self._implementing("divergefork_addoption"):
             before = len(parser._actions)  # argparse keeps no public list of its actions
-            self._call(plugin, "divergefork_addoption", {"parser": parser})
-            for action in parser._actions[before:]:
-                clash = taken.intersection(action.option_strings)
-                if clash:
-                    raise PluginError(
-                        plugin.label,
-                        f"option {sorted(clash)[0]} clashes with divergefork's own option of that "
-                        "name; prefix the plugin's options with its name (e.g. --hello-count)",
-                    )
+            try:
+                self._call(plugin, "divergefork_addoption", {"parser": parser})
+                for action in parser._actions[before:]:
+                    clash = taken.intersection(action.option_strings)
+                    if clash:
+                        raise PluginError(
+                            plugin.label,
+                            f"option {sorted(clash)[0]} clashes with divergefork's own option of "
+                            "that name; prefix the plugin's options with its name (e.g. --hello-count)",
+                        )
+            except PluginError as exc:
+                if errors is None:
+                    raise
+                errors.append(exc)
 
     def collect(self, config: Config) -> list[Collected]:
         """Every plugin's children, in load order; raises ``PluginError`` on any problem."""
@@ -369,13 +393,7 @@ class Plugins:
                 for spec in _specs(plugin, result):
                     first = owner.get(spec.name)
                     if first is not None:
-                        also = "itself" if first is plugin else f"plugin {first.label}"
-                        raise PluginError(
-                            plugin.label,
-                            f"two children are named {spec.name!r}: one from {also}, one from "
-                            "this plugin; child names must be unique, so rename one "
-                            "(ChildSpec(name=...)) or block a plugin with -p no:NAME",
-                        )
+                        raise PluginError(plugin.label, _duplicate(spec, first, plugin, collected))
                     owner[spec.name] = plugin
                     collected.append(Collected(plugin, spec))
         return collected
@@ -414,9 +432,33 @@ class Plugins:
 
 
 def _hook_failure(plugin: Plugin, hookname: str, exc: BaseException) -> str:
+    if _spec_error(exc):
+        # The user's line is the one that built the ChildSpec: say that first, and plainly.
+        where = _users_frame(exc)
+        at = "" if where is None else f"{where.filename}:{where.lineno}: "
+        return (
+            f"{at}{exc} (in {hookname}); fix that ChildSpec(...), or skip the plugin with "
+            f"-p no:{plugin.name}"
+        )
     return (
         f"{hookname} raised {_exception_text(exc)}; fix the plugin or skip it with "
         f"-p no:{plugin.name}"
+    )
+
+
+def _duplicate(spec: ChildSpec[Any], first: Plugin, plugin: Plugin, collected: Sequence[Collected]) -> str:
+    earlier = next(item.spec for item in collected if item.spec.name == spec.name)
+    places = [where for where in (spec_origin(earlier), spec_origin(spec)) if where is not None]
+    at = f" (built at {' and at '.join(places)})" if places else ""
+    if first is plugin:
+        return (
+            f"it contributes two children named {spec.name!r}{at}; child names must be "
+            "unique: give one of them another ChildSpec(name=...)"
+        )
+    return (
+        f"its child {spec.name!r} has the name of a child of plugin {first.label}{at}; child "
+        f"names must be unique: rename one, or run without one plugin (-p no:{plugin.name} "
+        f"or -p no:{first.name})"
     )
 
 
@@ -479,6 +521,7 @@ def load_plugins(
     *,
     entry_points: Iterable[metadata.EntryPoint] | None = None,
     autoload: bool | None = None,
+    keep_going: bool = False,
 ) -> Plugins:
     """Load the plugins for one command and validate them; raise ``PluginError`` if any is broken.
 
@@ -486,10 +529,13 @@ def load_plugins(
     ``no:NAME`` blocks a plugin by entry-point name or module name (wherever it appears).
     ``entry_points`` defaults to the installed ones in group ``divergefork``; ``autoload``
     defaults to true unless the ``DIVERGEFORK_DISABLE_PLUGIN_AUTOLOAD`` environment variable
-    is set.
+    is set. ``keep_going`` (for ``--help``): a plugin that fails to load is left out and its
+    error kept in ``Plugins.failed`` instead of raised.
     """
     plugins = Plugins()
     modules: list[str] = []
+    # With keep_going, a plugin that fails to load is kept in plugins.failed and left out.
+    failed = plugins.failed if keep_going else None
     for spec in specs:
         if spec.startswith(_BLOCK_PREFIX):
             name = spec[len(_BLOCK_PREFIX) :].strip()
@@ -503,11 +549,21 @@ def load_plugins(
     if autoload:
         found = metadata.entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
         for ep in sorted(found, key=lambda ep: (ep.name, ep.value)):
-            plugins.load_entry_point(ep)
+            _attempt(failed, plugins.load_entry_point, ep)
     for module in modules:
-        plugins.load_module(module)
-    plugins.check_hooks()
+        _attempt(failed, plugins.load_module, module)
+    _attempt(failed, lambda _: plugins.check_hooks(), None)
     return plugins
+
+
+def _attempt(failed: list[PluginError] | None, load: Callable[[Any], object], what: Any) -> None:
+    """``load(what)``; with ``failed`` (``keep_going``), a ``PluginError`` is kept there, not raised."""
+    try:
+        load(what)
+    except PluginError as exc:
+        if failed is None:
+            raise
+        failed.append(exc)
 
 
 def describe_entry(entry: Callable[..., object]) -> str:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, NoReturn, TypeVar, final
 
-from . import _fork, _linux
+import ctypes
+
+from . import _linux
 from ._errors import DivergeforkError
-from ._fork import Child, Codec, OnParentExit, Options, Threads, check_entry, current_pid, entry_name, start
+from ._fork import Child, start
 from ._limits import Limits
-from ._reap import OutputCallback, Waiter
+from ._options import Codec, OnParentExit, Options, Threads, check_entry
 from ._report import Outcome, Report
+from ._waiter import KILLED, RUNNING, OutputCallback, Proc, Waiter
 
 __all__ = ["Scope"]
 
@@ -22,6 +26,19 @@ T = TypeVar("T")
 
 # "Not given: take the scope's default". Typed Any so each option keeps its honest type.
 _DEFAULT: Final[Any] = object()
+
+# This process's pid, kept by an at-fork hook: __exit__ and __del__ compare it without a call.
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+_Queued = tuple[Any, Callable[[Any], NoReturn], Child, tuple[ctypes.Array[ctypes.c_ubyte], dict[int, object]]]
 
 
 @final
@@ -48,7 +65,7 @@ class Scope:
     still queued are reported ``cancelled`` with pid 0) and re-raises the exception unchanged.
     """
 
-    __slots__ = ("_defaults", "_max_parallel", "_on_output", "_waiter", "_queue", "_unseen", "_owner", "_state", "reports")
+    __slots__ = ("__weakref__", "_defaults", "_max_parallel", "_on_output", "_waiter", "_queue", "_unseen", "_owner", "_state", "reports")
 
     def __init__(
         self,
@@ -77,7 +94,7 @@ class Scope:
         self._max_parallel = max_parallel
         self._on_output = on_output
         self._waiter: Waiter | None = None
-        self._queue: deque[tuple[Any, Callable[[Any], NoReturn], Options, Child]] = deque()
+        self._queue: deque[_Queued] = deque()
         #: Reports not yet yielded by as_completed().
         self._unseen: deque[Report] = deque()
         self._owner = os.getpid()
@@ -108,7 +125,7 @@ class Scope:
         # No call before the try: a signal's handler can only raise after a call returns (or
         # as a function starts: for an interrupt landing right there, see __del__).
         try:
-            if _fork._pid != self._owner:
+            if _pid != self._owner:
                 return  # a forked child that unwinds here must not touch the parent's children
             if exc is None:
                 for _ in self.as_completed():
@@ -116,13 +133,11 @@ class Scope:
             else:
                 self._cancel()
         except BaseException:
-            if _fork._pid == self._owner:
+            if _pid == self._owner:
                 self._cancel()  # returns at once if every child is already reaped
             raise
         finally:
-            if _fork._pid == self._owner:
-                if self._waiter is not None:
-                    self._waiter.close()
+            if _pid == self._owner:
                 self._state = "closed"  # last: until then __del__ would finish the job
         # Returning None re-raises the block's exception unchanged.
 
@@ -131,17 +146,16 @@ class Scope:
         # interrupt landing just as __exit__ is called skips all of it, and no code can guard
         # that instant. The scope then dies open: end and reap what it left, loudly.
         waiter = getattr(self, "_waiter", None)
-        if waiter is None or getattr(self, "_state", None) != "open" or self._owner != _fork._pid:
+        if waiter is None or getattr(self, "_state", None) != "open" or self._owner != _pid:
             return
         left = len(waiter.running) + len(self._queue)
         self._queue.clear()
         waiter.silence()
-        for child in list(waiter.running):
-            waiter.escalate(child, 0.0, "cancelled", kill=True)
+        for child in list(waiter.running.values()):
+            waiter.end(child, 0.0, "cancelled", kill=True)
         while waiter.running:
             waiter.step(None)
         self._collect()
-        waiter.close()
         self._state = "closed"
         if left:
             warnings.warn(
@@ -207,12 +221,17 @@ class Scope:
             )
         waiter = self._waiter
         assert waiter is not None
+        child = Child(entry, options)
+        # A proxy, not the scope: a strong one would make scope -> child -> scope a cycle, and
+        # __del__'s backstop would then wait for the garbage collector.
+        child.driver = weakref.proxy(self)
         if self._max_parallel is not None and len(waiter.running) >= self._max_parallel:
-            child = Child(entry, options)
+            # Started later, from inside the loop where the runtime blocks signals: keep what
+            # the caller has now, for the child to start with.
             child.waiter = waiter
-            self._queue.append((value, entry, options, child))
+            self._queue.append((value, entry, child, (_linux.current_mask(), _linux.dispositions())))
             return child
-        return start(value, entry, options, waiter)  # registered with the waiter before it returns
+        return start(value, entry, options, waiter, child)  # registered with the waiter before it returns
 
     def as_completed(self) -> Iterator[Report]:
         """Yield each child's report as it ends, until no child is running or queued."""
@@ -250,8 +269,8 @@ class Scope:
         # report it twice (started, and cancelled before it started).
         with _linux.signals_blocked():
             while self._queue and (limit is None or len(waiter.running) < limit):
-                value, entry, options, child = self._queue[0]
-                start(value, entry, options, waiter, child)
+                value, entry, child, callers = self._queue[0]
+                start(value, entry, child.options, waiter, child, callers)
                 self._queue.popleft()  # only once it started: a failed start stays queued
 
     def _collect(self) -> None:
@@ -286,25 +305,18 @@ class Scope:
             # would lose it.
             with _linux.signals_blocked():
                 while self._queue:
-                    _, _, _, child = self._queue[0]
-                    child.report = Report(
-                        name=child.name,
-                        pid=0,
-                        outcome=Outcome.CANCELLED,
-                        error="cancelled before it was started: its scope was left by an exception",
-                    )
-                    self.reports.append(child.report)
+                    self._never_started(self._queue[0][2])
                     self._queue.popleft()
         interrupted: BaseException | None = None
         graceful = True
         while waiter.running:
             try:
-                for child in list(waiter.running):
+                for child in list(waiter.running.values()):
                     if graceful:
-                        if child.stage == 0:
-                            waiter.escalate(child, child.options.grace, "cancelled")
-                    elif child.stage < 2:
-                        waiter.escalate(child, 0.0, "cancelled", kill=True)
+                        if child.stage == RUNNING:
+                            waiter.end(child, child.options.grace, "cancelled")
+                    elif child.stage < KILLED:
+                        waiter.end(child, 0.0, "cancelled", kill=True)
                 while waiter.running:
                     try:
                         waiter.step(None)
@@ -317,8 +329,42 @@ class Scope:
         if interrupted is not None:
             raise interrupted
 
+    def _never_started(self, child: Child) -> None:
+        child.report = Report(
+            name=child.name,
+            pid=0,
+            outcome=Outcome.CANCELLED,
+            error="cancelled before it was started: its scope was left by an exception",
+        )
+        self.reports.append(child.report)
+
+    # The Driver protocol: how a queued Child's own wait(), poll() and terminate() work.
+
+    def drive(self, until: float | None) -> None:
+        """One turn of the scope's loop: wait for a child to end (or ``until``), start queued ones."""
+        self._check_open("wait")
+        waiter = self._waiter
+        assert waiter is not None
+        if waiter.running:
+            try:
+                waiter.step(until)
+            finally:
+                self._collect()
+        self._fill()
+
+    def withdraw(self, proc: Proc) -> bool:
+        """Take a child that has not started off the queue, reported ``cancelled``; False if started."""
+        with _linux.signals_blocked():
+            for index, queued in enumerate(self._queue):
+                if queued[2] is proc:
+                    del self._queue[index]
+                    self._never_started(queued[2])
+                    self._unseen.append(queued[2].report)  # type: ignore[arg-type]
+                    return True
+        return False
+
     def _check_open(self, what: str) -> None:
-        if current_pid() != self._owner:
+        if _pid != self._owner:
             raise DivergeforkError(
                 f"Scope.{what}() called in process {os.getpid()}, but the scope belongs to "
                 f"process {self._owner}; a child must open a Scope of its own"

@@ -9,6 +9,9 @@ children leave pid and timing files for the tests to read. Kinds:
 ``print``  print a line to stdout and to stderr, then an unterminated line, exit 0
 ``loop``   write its pid to ``DIR/NAME.pid``, then sleep forever (until killed)
 ``span``   write ``DIR/NAME.span`` holding its start and end time, 0.3 s apart, exit 0
+``slow``   sleep 1.5 s, exit 0 (long enough to be seen running)
+``rlimit`` exit 0 with ``result`` the soft limits it runs with: address space, CPU, files, file size
+``talk``   print ``NAME says N`` five times, 0.2 s apart, exit 0
 
 With ``DFX_LOG=FILE`` in the environment, ``divergefork_report`` and ``divergefork_finished``
 append a line each to FILE.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -27,7 +31,7 @@ from typing import NoReturn, final
 
 import divergefork as df
 
-KINDS = ("ok", "fail", "raise", "print", "loop", "span")
+KINDS = ("ok", "fail", "raise", "print", "loop", "span", "slow", "talk", "rlimit")
 
 
 @final
@@ -52,6 +56,17 @@ def entry(job: Job) -> NoReturn:
         Path(job.directory, f"{job.name}.pid").write_text(str(os.getpid()))
         while True:
             time.sleep(0.05)
+    if job.kind == "rlimit":
+        kinds = (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE)
+        df.exit_child(0, result=[resource.getrlimit(kind)[0] for kind in kinds])
+    if job.kind == "slow":
+        time.sleep(1.5)
+        df.exit_child(0)
+    if job.kind == "talk":
+        for count in range(5):
+            print(f"{job.name} says {count}", flush=True)
+            time.sleep(0.2)
+        df.exit_child(0)
     if job.kind == "span":
         start = time.monotonic()
         time.sleep(0.3)
