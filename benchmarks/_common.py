@@ -22,9 +22,9 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def spread(values: Sequence[float]) -> tuple[float, float]:
-    """The first and last deciles: how noisy the pairs were."""
-    if len(values) < 2:
-        return values[0], values[0]
+    """The first and last deciles (min and max under ten values): how noisy the pairs were."""
+    if len(values) < 10:
+        return min(values), max(values)
     deciles = statistics.quantiles(values, n=10)
     return deciles[0], deciles[-1]
 

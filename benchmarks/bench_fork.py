@@ -199,17 +199,25 @@ def syscall_worker(method: str, n: int) -> int:
 # --- work after fork ------------------------------------------------------------------------
 
 
-def postfork(method: str, n: int) -> dict[str, Any]:
+def postfork(n: int) -> dict[str, dict[str, Any]]:
     done = subprocess.run(
-        [sys.executable, str(HERE / "_postfork_probe.py"), method, str(n)],
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, str(HERE / "_postfork_probe.py"), str(n)], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        raise SystemExit(f"post-fork probe of {method} failed ({done.returncode}):\n{done.stderr}")
-    result: dict[str, Any] = json.loads(done.stdout)
+        raise SystemExit(f"post-fork probe failed ({done.returncode}):\n{done.stderr}")
+    result: dict[str, dict[str, Any]] = json.loads(done.stdout)
     return result
+
+
+_PHASES = [
+    ("per_child", "whole fork+wait, one child"),
+    ("before_fork", "parent: call to os.fork()"),
+    ("fork", "parent: inside os.fork()"),
+    ("parent_work", "parent: fork() returned -> sleeps"),
+    ("child_start", "child: parent's fork() -> child's"),
+    ("child_setup", "child: fork() returned -> entry"),
+    ("after_wake", "parent: woke -> wait() returns"),
+]
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -276,14 +284,18 @@ def main() -> int:
     else:
         print("syscalls per child: skipped (strace is not installed)")
 
-    print("parent's work from fork() returning to its first call that can sleep (probe, 200 children)")
-    probes = {name: postfork(name, 200) for name in METHODS}
+    probe_n = 60 if args.quick else 300
+    print(f"where the time goes, per child (probe: {probe_n} children each, blocks taking turns; medians, us)")
+    probes = postfork(probe_n)
+    print(f"  {'phase':<36}" + "".join(f"{name:>8}" for name in probes) + f"{'ours-raw':>9}")
+    for key, label in _PHASES:
+        cells = [probes[name][key] for name in probes]
+        print(f"  {label:<36}" + "".join(f"{c:8.0f}" for c in cells) + f"{probes['ours'][key] - probes['raw'][key]:9.0f}")
     for name, probe in probes.items():
-        low, high = probe["work_us_deciles"]
+        low, high = probe["parent_work_deciles"]
         print(
-            f"  {name:<5} median {probe['work_us']:6.1f} us [{low:.0f}-{high:.0f}] until {probe['sleeps_in']}; "
-            f"the child's first line ran at {probe['child_first_line_us']:.0f} us, "
-            f"after the parent slept in {probe['child_after_sleep']:.0%} of cases"
+            f"  {name}: the parent works {probe['parent_work']:.0f} us [{low:.0f}-{high:.0f}] after fork() "
+            f"until {probe['sleeps_in']}; the entry ran after that in {probe['entry_after_sleep']:.0%} of children"
         )
     steps = ", ".join(f"{label} {at:.0f}" for label, at in probes["ours"]["timeline"])
     print(f"  ours, us after fork() at each call ({probes['ours']['timeline_share']:.0%} of children): {steps}")
