@@ -141,18 +141,38 @@ class Ballast:
 _SYSCALL = re.compile(r"^([a-z_0-9]+)\(")
 
 
-def _count_file(path: Path) -> Counter[str]:
-    counts: Counter[str] = Counter()
+_FORKS = ("clone", "clone3", "fork", "vfork")
+
+
+def _calls(path: Path) -> list[str]:
+    """The syscalls of one strace -ff file, in order; a few labelled with their first flag."""
+    calls = []
     with path.open() as lines:
         for line in lines:
             match = _SYSCALL.match(line)
             if match:
-                counts[match.group(1)] += 1
-    return counts
+                name = match.group(1)
+                if name == "rt_sigprocmask":
+                    name += ":" + line[len("rt_sigprocmask(SIG_") :].split(",", 1)[0]
+                elif name == "epoll_ctl":
+                    name += ":" + line.split("EPOLL_CTL_", 1)[-1].split(",", 1)[0]
+                calls.append(name)
+    return calls
 
 
-def trace(method: str, n: int) -> tuple[Counter[str], Counter[str]]:
-    """Syscalls of a fresh process running n children of ``method``: (parent's, children's)."""
+def usual_cycle(calls: list[str]) -> tuple[tuple[str, ...], float]:
+    """The most common run of the parent's syscalls from one fork to the next, and its share."""
+    forks = [i for i, name in enumerate(calls) if name in _FORKS]
+    cycles = Counter(tuple(calls[a:b]) for a, b in zip(forks, forks[1:], strict=False))
+    if not cycles:
+        return (), 0.0
+    cycle, count = cycles.most_common(1)[0]
+    return cycle, count / sum(cycles.values())
+
+
+def trace(method: str, n: int) -> tuple[Counter[str], Counter[str], list[str]]:
+    """Syscalls of a fresh process running n children of ``method``: (parent's, children's) by
+    name, and the parent's in order."""
     with tempfile.TemporaryDirectory(prefix="bench-strace-") as temp:
         prefix = Path(temp) / "t"
         command = [sys.executable, str(Path(__file__).resolve()), "--syscall-worker", method, str(n)]
@@ -164,9 +184,13 @@ def trace(method: str, n: int) -> tuple[Counter[str], Counter[str]]:
         parent_pid = int(done.stdout.split()[0])
         parent: Counter[str] = Counter()
         children: Counter[str] = Counter()
+        in_order: list[str] = []
         for path in Path(temp).glob("t.*"):
-            (parent if int(path.suffix[1:]) == parent_pid else children).update(_count_file(path))
-    return parent, children
+            calls = _calls(path)
+            if int(path.suffix[1:]) == parent_pid:
+                in_order = calls
+            (parent if int(path.suffix[1:]) == parent_pid else children).update(c.split(":")[0] for c in calls)
+    return parent, children, in_order
 
 
 @dataclass(frozen=True)
@@ -175,6 +199,8 @@ class Syscalls:
 
     parent: dict[str, float]
     child: dict[str, float]
+    cycle: tuple[str, ...]  # the parent's usual syscalls from one fork to the next
+    cycle_share: float  # of the children whose cycle was exactly that
 
     @property
     def total(self) -> float:
@@ -187,7 +213,7 @@ def syscalls_per_child(method: str, n: int) -> Syscalls:
     def per_child(a: Counter[str], b: Counter[str]) -> dict[str, float]:
         return {name: (b[name] - a[name]) / n for name in sorted(set(a) | set(b)) if b[name] != a[name]}
 
-    return Syscalls(per_child(small[0], large[0]), per_child(small[1], large[1]))
+    return Syscalls(per_child(small[0], large[0]), per_child(small[1], large[1]), *usual_cycle(large[2]))
 
 
 def syscall_worker(method: str, n: int) -> int:
@@ -281,6 +307,9 @@ def main() -> int:
             if all(abs(p) < 0.05 and abs(c) < 0.05 for p, c in cells):
                 continue
             print(f"  {syscall:<18}" + "".join(f"{p:8.1f}{c:8.1f}" for p, c in cells))
+        print("  the parent's usual syscalls from one fork to the next, in order:")
+        for name, counts in traced.items():
+            print(f"  {name} ({counts.cycle_share:.0%} of children): {' '.join(counts.cycle)}")
     else:
         print("syscalls per child: skipped (strace is not installed)")
 
