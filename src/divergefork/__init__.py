@@ -6,9 +6,10 @@ returns, and is always reaped and reported. See the README for a tour.
 
 from __future__ import annotations
 
-from ._child import MAX_RESULT_BYTES, exec_child, exit_child
+from ._child import MAX_RESULT_BYTES, exec_child, exit_child, send
 from ._errors import DivergeforkError, ForkUnsafeError, PluginError
 from ._fork import Child, fork
+from ._limits import Limits
 from ._hookspecs import ChildSpec, Config, hookimpl, hookspec
 from ._reap import CAPTURE_LIMIT
 from ._report import RETURNED_EXIT_CODE, Outcome, Report
@@ -22,6 +23,7 @@ __all__ = [
     "Config",
     "DivergeforkError",
     "ForkUnsafeError",
+    "Limits",
     "MAX_RESULT_BYTES",
     "Outcome",
     "PluginError",
@@ -34,6 +36,7 @@ __all__ = [
     "fork",
     "hookimpl",
     "hookspec",
+    "send",
 ]
 
 __version__ = "0.1.0"

@@ -39,7 +39,7 @@ from . import _linux
 from ._errors import DivergeforkError
 from ._report import RETURNED_EXIT_CODE
 
-__all__ = ["MAX_RESULT_BYTES", "exec_child", "exit_child", "run"]
+__all__ = ["MAX_RESULT_BYTES", "exec_child", "exit_child", "run", "send"]
 
 T = TypeVar("T")
 
@@ -178,6 +178,24 @@ def exit_child(code: int = 0, *, result: object = None) -> NoReturn:
         _flush()
         _send(b"V", payload)
     _exit(code)
+
+
+def send(value: object) -> None:
+    """Send ``value`` to the parent now; it is kept, in order, in ``Report.messages``.
+
+    Kept even if the child later crashes or is killed. Uses the child's codec (``json`` by
+    default): a value it cannot encode raises ``TypeError`` here, in the child.
+    """
+    if _status_fd < 0:
+        raise DivergeforkError(
+            "send() was called outside a child started by divergefork.fork(); "
+            "only a forked child has a parent to send to"
+        )
+    try:
+        payload = json.dumps(value, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"send(value) must be JSON-serialisable: {exc}") from exc
+    _send(b"M", payload)
 
 
 def exec_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> NoReturn:

@@ -483,6 +483,12 @@ class _Run:
                             name=spec.name,
                             timeout=_deadline(spec.timeout, self.args.timeout),
                             capture=spec.capture or self.capture_all,
+                            grace=spec.grace,
+                            new_group=spec.new_group,
+                            threads=spec.threads,
+                            contain=spec.contain,
+                            limits=spec.limits,
+                            codec=spec.codec,
                         )
                 self.progress.show(self.reports)
                 completed = scope.as_completed()

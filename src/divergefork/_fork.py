@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final, Literal, NoReturn, TypeVar, final
 
 from . import _child, _linux
 from ._errors import DivergeforkError, ForkUnsafeError
+from ._limits import Limits
 
 from ._reap import Waiter
 
@@ -26,6 +27,7 @@ T = TypeVar("T")
 
 OnParentExit = Literal["kill", "keep"]
 Threads = Literal["refuse", "warn", "allow"]
+Codec = Literal["json", "pickle"]
 
 _PIPE_FLAGS: Final = os.O_CLOEXEC
 # Bound here, not looked up per fork: reading os.fork writes the os module's reference count,
@@ -86,6 +88,9 @@ class Options:
     new_group: bool = True
     threads: Threads = "refuse"
     capture: bool = False
+    contain: bool = True
+    limits: Limits | None = None
+    codec: Codec = "json"
 
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
@@ -101,7 +106,11 @@ class Options:
             raise ValueError(f"fork(on_parent_exit=...) must be 'kill' or 'keep', not {self.on_parent_exit!r}")
         if self.threads not in ("refuse", "warn", "allow"):
             raise ValueError(f"fork(threads=...) must be 'refuse', 'warn' or 'allow', not {self.threads!r}")
-        for flag in ("new_group", "capture"):
+        if self.limits is not None and not isinstance(self.limits, Limits):
+            raise TypeError(f"fork(limits=...) must be a df.Limits or None, not {type(self.limits).__name__}")
+        if self.codec not in ("json", "pickle"):
+            raise ValueError(f"fork(codec=...) must be 'json' or 'pickle', not {self.codec!r}")
+        for flag in ("new_group", "capture", "contain"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"fork({flag}=...) must be True or False, not {getattr(self, flag)!r}")
 
@@ -124,6 +133,9 @@ def fork(
     new_group: bool = True,
     threads: Threads = "refuse",
     capture: bool = False,
+    contain: bool = True,
+    limits: Limits | None = None,
+    codec: Codec = "json",
 ) -> Child:
     """Fork a child that runs ``entry(value)`` and never returns; return its handle at once.
 
@@ -132,7 +144,7 @@ def fork(
     (``exec_child``), raise, or loop until killed. See the README for every option.
     """
     check_entry(entry)
-    options = Options(name, timeout, grace, on_parent_exit, new_group, threads, capture)
+    options = Options(name, timeout, grace, on_parent_exit, new_group, threads, capture, contain, limits, codec)
     return start(value, entry, options)
 
 
@@ -154,7 +166,13 @@ def entry_name(entry: Callable[..., object]) -> str:
     return name if isinstance(name, str) else type(entry).__name__
 
 
-def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Waiter | None = None) -> Child:
+def start(
+    value: T,
+    entry: Callable[[T], NoReturn],
+    options: Options,
+    waiter: Waiter | None = None,
+    child: Child | None = None,
+) -> Child:
     """Fork now with already validated options.
 
     Written flat on purpose. A parent forking many children re-shares all its pages with each
@@ -212,7 +230,11 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
         # Everything the parent needs is built before the fork: while the child lives, each
         # page the parent writes is copied (a few microseconds a page), so the parent does
         # as little as possible between fork and wait.
-        child = Child(entry, options, status_r, capture)
+        if child is None:
+            child = Child(entry, options)
+        child.status_fd = status_r
+        if capture is not None:
+            child.out_fd, child.err_fd = capture[0], capture[2]
         child.started = _monotonic()
         pid = _os_fork()
         if pid == 0:
@@ -251,7 +273,7 @@ def start(value: T, entry: Callable[[T], NoReturn], options: Options, waiter: Wa
             child.waiter = waiter
             waiter.add(child)
     except BaseException:
-        _abandon(pid, status_r, status_w, capture, child if pid > 0 else None)
+        _abandon(pid, status_r, status_w, capture, child if pid > 0 and child is not None else None)
         raise
     finally:
         if not mask[_UNSAVED_BYTE] & _UNSAVED_BIT:
@@ -324,13 +346,7 @@ class Child:
         "__weakref__",
     )
 
-    def __init__(
-        self,
-        entry: Callable[..., object],
-        options: Options,
-        status_fd: int,
-        capture: tuple[int, int, int, int] | None,
-    ) -> None:
+    def __init__(self, entry: Callable[..., object], options: Options) -> None:
         #: The child's process id (read-only).
         self.pid = 0
         self.report: Report | None = None
@@ -340,9 +356,9 @@ class Child:
         #: As given to fork() (grace, new_group...); read when needed, not copied per fork.
         self.options = options
         self.pidfd: int | None = None
-        self.status_fd = status_fd
-        self.out_fd = -1 if capture is None else capture[0]
-        self.err_fd = -1 if capture is None else capture[2]
+        self.status_fd = -1
+        self.out_fd = -1
+        self.err_fd = -1
         # Filled by the waiting loop; most children never write to the status pipe.
         self.status_buf: bytes | bytearray = b""
         self.out_buf: bytes | bytearray = b""

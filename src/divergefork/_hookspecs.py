@@ -31,6 +31,8 @@ from typing import Any, Generic, NoReturn, TypeVar, final
 
 import pluggy
 
+from ._fork import Codec, Options, Threads
+from ._limits import Limits
 from ._report import Report
 
 __all__ = [
@@ -71,6 +73,12 @@ class ChildSpec(Generic[T]):
     entry: Callable[[T], NoReturn]
     timeout: float | None = None
     capture: bool = False
+    grace: float = 2.0
+    new_group: bool = True
+    threads: Threads = "refuse"
+    contain: bool = True
+    limits: Limits | None = None
+    codec: Codec = "json"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -90,6 +98,24 @@ class ChildSpec(Generic[T]):
             raise ValueError(f"ChildSpec {self.name!r}: timeout must be > 0 seconds or None, not {timeout!r}")
         if not isinstance(self.capture, bool):
             raise TypeError(f"ChildSpec {self.name!r}: capture must be True or False, not {self.capture!r}")
+        try:
+            self.options()
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"ChildSpec {self.name!r}: {str(exc).replace('fork(', '(')}") from None
+
+    def options(self, *, timeout: float | None = None, capture: bool | None = None) -> Options:
+        """The ``df.fork`` options of this child (``timeout``/``capture`` may be overridden)."""
+        return Options(
+            name=self.name,
+            timeout=self.timeout if timeout is None else timeout,
+            grace=self.grace,
+            new_group=self.new_group,
+            threads=self.threads,
+            capture=self.capture if capture is None else capture,
+            contain=self.contain,
+            limits=self.limits,
+            codec=self.codec,
+        )
 
 
 @final

@@ -381,8 +381,8 @@ def _finish(child: Child, on_output: OutputCallback | None = None) -> Report:
     return report
 
 
-def _messages(buf: bytes | bytearray) -> dict[bytes, bytes]:
-    """The status-pipe records by kind (the last of each kind wins)."""
+def _messages(buf: bytes | bytearray, sent: list[object]) -> dict[bytes, bytes]:
+    """The status-pipe records by kind (the last of each kind wins); ``M`` ones go to ``sent``."""
     found: dict[bytes, bytes] = {}
     pos, size = 0, len(buf)
     while pos + _HEADER.size <= size:
@@ -391,7 +391,10 @@ def _messages(buf: bytes | bytearray) -> dict[bytes, bytes]:
         if pos + length > size:
             found[b"!"] = b"truncated status record"
             break
-        found[kind] = bytes(buf[pos : pos + length])
+        if kind == b"M":
+            sent.append(json.loads(bytes(buf[pos : pos + length])))
+        else:
+            found[kind] = bytes(buf[pos : pos + length])
         pos += length
     return found
 
@@ -414,9 +417,10 @@ def _report(child: Child, status: int, usage: resource.struct_rusage | None, end
     else:
         exit_code = os.waitstatus_to_exitcode(status)
     result: object = None
+    sent: list[object] = []
     execed = False
     if child.status_buf:
-        records = _messages(child.status_buf)
+        records = _messages(child.status_buf, sent)
         if b"V" in records:
             try:
                 result = json.loads(records[b"V"])
@@ -465,6 +469,7 @@ def _report(child: Child, status: int, usage: resource.struct_rusage | None, end
         result=result,
         stdout=bytes(child.out_buf[-CAPTURE_LIMIT:]),
         stderr=bytes(child.err_buf[-CAPTURE_LIMIT:]),
+        messages=tuple(sent),
     )
 
 

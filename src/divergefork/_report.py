@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import signal as _signal
 from dataclasses import dataclass
 from typing import Any, Final, final
@@ -27,6 +28,8 @@ class Outcome(enum.StrEnum):
     RETURNED = "returned"
     #: The entry raised something other than ``SystemExit``; the child exited 1.
     RAISED = "raised"
+    #: A resource limit (``Limits``) stopped it; ``Report.limit`` names which.
+    LIMIT_EXCEEDED = "limit_exceeded"
     #: The process was killed by a signal.
     SIGNALED = "signaled"
     #: The process exited (``exit_child``, ``sys.exit``, ``os._exit`` or an exec'd program).
@@ -53,6 +56,14 @@ class Report:
     result: object = None
     stdout: bytes = b""
     stderr: bytes = b""
+    #: Where the child's Python code was when it crashed or its deadline struck, else None.
+    stack: str | None = None
+    #: The ``Limits`` field that stopped it (outcome ``limit_exceeded``), else None.
+    limit: str | None = None
+    #: Descendants still running when the child ended, killed by containment.
+    leftovers: int = 0
+    #: Everything the child sent with ``df.send``, in order.
+    messages: tuple[object, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -75,16 +86,55 @@ class Report:
             "system_time": self.system_time,
             "max_rss": self.max_rss,
             "error": self.error,
-            "result": self.result,
+            "result": _jsonable(self.result),
             "stdout": self.stdout.decode("utf-8", "replace"),
             "stderr": self.stderr.decode("utf-8", "replace"),
+            "stack": self.stack,
+            "limit": self.limit,
+            "leftovers": self.leftovers,
+            "messages": [_jsonable(message) for message in self.messages],
         }
 
     def describe(self) -> str:
-        """One short human phrase: ``exited 0``, ``signaled SIGKILL (core dumped)``, ..."""
-        if self.signal is not None:
+        """One short human phrase: ``exited 0``, ``signaled SIGKILL (core dumped)``, ...
+
+        With a ``stack``, it ends with where the child was: ``... at crash (tests/t.py:12)``.
+        """
+        if self.limit is not None:
+            how = f"{self.outcome.value} {self.limit}"
+        elif self.signal is not None:
             how = f"{self.outcome.value} {self.signal.name}"
-            return how + " (core dumped)" if self.core_dumped else how
-        if self.exit_code is not None:
-            return f"{self.outcome.value} {self.exit_code}"
-        return self.outcome.value
+            if self.core_dumped:
+                how += " (core dumped)"
+        elif self.exit_code is not None:
+            how = f"{self.outcome.value} {self.exit_code}"
+        else:
+            how = self.outcome.value
+        where = innermost_frame(self.stack)
+        return how if where is None else f"{how} at {where}"
+
+
+_FRAME: Final = re.compile(r'^\s*File "(?P<file>[^"]*)", line (?P<line>\d+) in (?P<name>.*)$', re.MULTILINE)
+
+
+def innermost_frame(stack: str | None) -> str | None:
+    """``name (file:line)`` of the first (innermost) frame of a faulthandler dump, if any."""
+    if not stack:
+        return None
+    # faulthandler writes the current thread first, most recent call first.
+    current = stack.find("Current thread")
+    match = _FRAME.search(stack, max(current, 0))
+    if match is None:
+        return None
+    return f"{match['name']} ({match['file']}:{match['line']})"
+
+
+def _jsonable(value: object) -> object:
+    """``value`` if JSON can carry it as it is (a ``json`` codec message), else its repr."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {key: _jsonable(item) for key, item in value.items()}
+    return repr(value)

@@ -11,7 +11,8 @@ from typing import Any, Final, NoReturn, TypeVar, final
 
 from . import _fork, _linux
 from ._errors import DivergeforkError
-from ._fork import Child, OnParentExit, Options, Threads, check_entry, current_pid, entry_name, start
+from ._fork import Child, Codec, OnParentExit, Options, Threads, check_entry, current_pid, entry_name, start
+from ._limits import Limits
 from ._reap import OutputCallback, Waiter
 from ._report import Outcome, Report
 
@@ -59,9 +60,14 @@ class Scope:
         new_group: bool = True,
         threads: Threads = "refuse",
         capture: bool = False,
+        contain: bool = True,
+        limits: Limits | None = None,
+        codec: Codec = "json",
         on_output: OutputCallback | None = None,
     ) -> None:
-        self._defaults = Options(None, timeout, grace, on_parent_exit, new_group, threads, capture)
+        self._defaults = Options(
+            None, timeout, grace, on_parent_exit, new_group, threads, capture, contain, limits, codec
+        )
         if max_parallel is not None and (
             isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
         ):
@@ -71,7 +77,7 @@ class Scope:
         self._max_parallel = max_parallel
         self._on_output = on_output
         self._waiter: Waiter | None = None
-        self._queue: deque[tuple[Any, Callable[[Any], NoReturn], Options, str]] = deque()
+        self._queue: deque[tuple[Any, Callable[[Any], NoReturn], Options, Child]] = deque()
         #: Reports not yet yielded by as_completed().
         self._unseen: deque[Report] = deque()
         self._owner = os.getpid()
@@ -157,7 +163,10 @@ class Scope:
         new_group: bool = _DEFAULT,
         threads: Threads = _DEFAULT,
         capture: bool = _DEFAULT,
-    ) -> None:
+        contain: bool = _DEFAULT,
+        limits: Limits | None = _DEFAULT,
+        codec: Codec = _DEFAULT,
+    ) -> Child:
         """Fork ``entry(value)`` in this scope, now or, with ``max_parallel``, when a slot frees.
 
         Takes the same arguments as ``divergefork.fork``; options not given are the scope's.
@@ -178,7 +187,10 @@ class Scope:
         n: object = new_group
         r: object = threads
         c: object = capture
-        if name is None and t is _DEFAULT and g is _DEFAULT and o is _DEFAULT and n is _DEFAULT and r is _DEFAULT and c is _DEFAULT:
+        k: object = contain
+        lim: object = limits
+        cod: object = codec
+        if name is None and t is _DEFAULT and g is _DEFAULT and o is _DEFAULT and n is _DEFAULT and r is _DEFAULT and c is _DEFAULT and k is _DEFAULT and lim is _DEFAULT and cod is _DEFAULT:
             options = d  # validated once, shared by every child that takes the defaults
         else:
             options = Options(
@@ -189,13 +201,18 @@ class Scope:
                 d.new_group if new_group is _DEFAULT else new_group,
                 d.threads if threads is _DEFAULT else threads,
                 d.capture if capture is _DEFAULT else capture,
+                d.contain if contain is _DEFAULT else contain,
+                d.limits if limits is _DEFAULT else limits,
+                d.codec if codec is _DEFAULT else codec,
             )
         waiter = self._waiter
         assert waiter is not None
         if self._max_parallel is not None and len(waiter.running) >= self._max_parallel:
-            self._queue.append((value, entry, options, name or entry_name(entry)))
-            return
-        start(value, entry, options, waiter)  # registered with the waiter before it returns
+            child = Child(entry, options)
+            child.waiter = waiter
+            self._queue.append((value, entry, options, child))
+            return child
+        return start(value, entry, options, waiter)  # registered with the waiter before it returns
 
     def as_completed(self) -> Iterator[Report]:
         """Yield each child's report as it ends, until no child is running or queued."""
@@ -233,8 +250,8 @@ class Scope:
         # report it twice (started, and cancelled before it started).
         with _linux.signals_blocked():
             while self._queue and (limit is None or len(waiter.running) < limit):
-                value, entry, options, _ = self._queue[0]
-                start(value, entry, options, waiter)
+                value, entry, options, child = self._queue[0]
+                start(value, entry, options, waiter, child)
                 self._queue.popleft()  # only once it started: a failed start stays queued
 
     def _collect(self) -> None:
@@ -269,15 +286,14 @@ class Scope:
             # would lose it.
             with _linux.signals_blocked():
                 while self._queue:
-                    _, _, _, name = self._queue[0]
-                    self.reports.append(
-                        Report(
-                            name=name,
-                            pid=0,
-                            outcome=Outcome.CANCELLED,
-                            error="cancelled before it was started: its scope was left by an exception",
-                        )
+                    _, _, _, child = self._queue[0]
+                    child.report = Report(
+                        name=child.name,
+                        pid=0,
+                        outcome=Outcome.CANCELLED,
+                        error="cancelled before it was started: its scope was left by an exception",
                     )
+                    self.reports.append(child.report)
                     self._queue.popleft()
         interrupted: BaseException | None = None
         graceful = True
