@@ -41,7 +41,9 @@ class Target:
     note: str = ""
 
     def cells(self) -> tuple[str, str, str, str]:
-        value = "-" if self.measured is None else f"{self.measured:.2f}{self.unit}"
+        # Three decimals for ratios: 1.0996x must not print as a missed "1.10x" against >= 1.1x.
+        digits = 3 if self.unit == "x" else 1
+        value = "-" if self.measured is None else f"{self.measured:.{digits}f}{self.unit}"
         verdict = {True: "met", False: "MISSED", None: "skipped"}[self.met]
         return self.measure, value, self.target, verdict + (f" ({self.note})" if self.note else "")
 

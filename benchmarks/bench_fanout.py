@@ -202,12 +202,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few rounds")
     parser.add_argument("--children", type=int, default=500)
     parser.add_argument("--sleep", type=float, default=0.05, help="seconds each child sleeps (default 0.05)")
-    parser.add_argument("--rounds", type=int, help="pairs of wall/CPU runs (default 9; quick 2)")
+    parser.add_argument("--rounds", type=int, help="pairs of wall/CPU runs (default 15; quick 2)")
     parser.add_argument("--delay-rounds", type=int, help="pairs of delay runs per priority (default 11; quick 1)")
     parser.add_argument("--json", type=Path, help="also write the targets table here (for run_all.py)")
     args = parser.parse_args()
     n, sleep = args.children, args.sleep
-    rounds = args.rounds or (2 if args.quick else 9)
+    rounds = args.rounds or (2 if args.quick else 15)
     delay_rounds = args.delay_rounds or (1 if args.quick else 11)
 
     ours(20, 0.0)  # warm-up: imports, caches
