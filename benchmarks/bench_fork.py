@@ -170,6 +170,10 @@ def usual_cycle(calls: list[str]) -> tuple[tuple[str, ...], float]:
     return cycle, count / sum(cycles.values())
 
 
+class TraceFailed(Exception):
+    """strace is there but could not trace (no ptrace in a container, say)."""
+
+
 def trace(method: str, n: int) -> tuple[Counter[str], Counter[str], list[str]]:
     """Syscalls of a fresh process running n children of ``method``: (parent's, children's) by
     name, and the parent's in order."""
@@ -180,7 +184,8 @@ def trace(method: str, n: int) -> tuple[Counter[str], Counter[str], list[str]]:
             ["strace", "-f", "-ff", "-o", str(prefix), *command], capture_output=True, text=True, check=False
         )
         if done.returncode != 0:
-            raise SystemExit(f"strace run of {method} failed ({done.returncode}):\n{done.stderr}")
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise TraceFailed(f"strace run of {method} failed ({done.returncode}): {last}")
         parent_pid = int(done.stdout.split()[0])
         parent: Counter[str] = Counter()
         children: Counter[str] = Counter()
@@ -289,8 +294,13 @@ def main() -> int:
         print(f"  {name:<5} parent {parent_f:6.1f}   child {child_f:6.1f}")
 
     traced: dict[str, Syscalls] | None = None
+    why_not = "strace is not installed"
     if shutil.which("strace"):
-        traced = {name: syscalls_per_child(name, strace_n) for name in METHODS}
+        try:
+            traced = {name: syscalls_per_child(name, strace_n) for name in METHODS}
+        except TraceFailed as exc:
+            why_not = str(exc)
+    if traced is not None:
         print(f"syscalls per child (strace -f, runs of {strace_n} and {2 * strace_n} children differenced)")
         print(f"  {'':<5} {'parent':>7} {'child':>7} {'total':>7}")
         for name, counts in traced.items():
@@ -311,7 +321,7 @@ def main() -> int:
         for name, counts in traced.items():
             print(f"  {name} ({counts.cycle_share:.0%} of children): {' '.join(counts.cycle)}")
     else:
-        print("syscalls per child: skipped (strace is not installed)")
+        print(f"syscalls per child: skipped ({why_not})")
 
     probe_n = 60 if args.quick else 300
     print(f"where the time goes, per child (probe: {probe_n} children each, blocks taking turns; medians, us)")
@@ -354,7 +364,7 @@ def main() -> int:
 
     targets: list[Target] = [at_most("per child, against raw", statistics.median(ours_raw), 1.25)]
     if traced is None:
-        targets.append(skipped("syscalls per child", "<= 16", "no strace"))
+        targets.append(skipped("syscalls per child", "<= 16", "no strace run"))
     else:
         targets.append(at_most("syscalls per child", traced["ours"].total, 16, unit=""))
     parent_faults, mp_faults = faults["ours"][0], faults["mp"][0]
