@@ -32,6 +32,10 @@ BENCHMARKS: list[tuple[str, list[str], list[str], bool]] = [
 ]
 
 
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="few rounds of each: a smoke run")
@@ -40,7 +44,8 @@ def main() -> int:
     print(f"date     {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"machine  {' '.join(platform.uname())}, {os.cpu_count()} cpus")
     print(f"python   {platform.python_version()} ({sys.executable})")
-    print(f"command  {' '.join(['benchmarks/run_all.py', *sys.argv[1:]])}", flush=True)
+    print(f"command  {' '.join(['benchmarks/run_all.py', *sys.argv[1:]])}")
+    print(f"load     {_load()} (1, 5, 15 min) at the start: the machine is shared", flush=True)
     status = 0
     targets: list[tuple[str, list[Target]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-targets-") as temp:
@@ -56,6 +61,7 @@ def main() -> int:
                 status = 1  # bench_check exits 1 for its own missed target, not for a failure
             if reports and table.exists():
                 targets.append((script, read_targets(table)))
+    print(f"\nload     {_load()} (1, 5, 15 min) at the end")
     every = [t for _, rows in targets for t in rows]
     print_targets("all targets (issue 11), medians of per-pair ratios", every)
     missed = sum(t.met is False for t in every)
