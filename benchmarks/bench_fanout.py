@@ -16,7 +16,7 @@ as medians of the per-round ratios:
   after forking (children keep the normal priority) where allowed; skipped with a message
   where not.
 
-    .venv/bin/python benchmarks/bench_fanout.py [--quick] [--children 500] [--rounds 7]
+    .venv/bin/python benchmarks/bench_fanout.py [--quick] [--children 500] [--rounds 15] [--delay-rounds 11]
 """
 
 from __future__ import annotations
@@ -199,14 +199,14 @@ def _slow(medians: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: few rounds")
-    parser.add_argument("--children", type=int, default=500)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few rounds of 200 children")
+    parser.add_argument("--children", type=int, help="children per run (default 500; quick 200)")
     parser.add_argument("--sleep", type=float, default=0.05, help="seconds each child sleeps (default 0.05)")
     parser.add_argument("--rounds", type=int, help="pairs of wall/CPU runs (default 15; quick 2)")
     parser.add_argument("--delay-rounds", type=int, help="pairs of delay runs per priority (default 11; quick 1)")
     parser.add_argument("--json", type=Path, help="also write the targets table here (for run_all.py)")
     args = parser.parse_args()
-    n, sleep = args.children, args.sleep
+    n, sleep = args.children or (200 if args.quick else 500), args.sleep
     rounds = args.rounds or (2 if args.quick else 15)
     delay_rounds = args.delay_rounds or (1 if args.quick else 11)
 

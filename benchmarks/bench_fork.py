@@ -262,18 +262,18 @@ def _fmt_range(values: Sequence[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few rounds, small heaps")
-    parser.add_argument("--rounds", type=int, help="rounds of the bare-parent comparison (default 150; quick 20)")
+    parser.add_argument("--rounds", type=int, help="rounds of the bare-parent comparison (default 150; quick 15)")
     parser.add_argument("--block", type=int, default=10, help="children per block (default 10)")
-    parser.add_argument("--heaps", type=int, nargs="+", help="parent ballast series in MiB (default 0 50 200 800)")
-    parser.add_argument("--strace-children", type=int, help="N of the N/2N strace runs (default 100; quick 20)")
+    parser.add_argument("--heaps", type=int, nargs="+", help="parent ballast series in MiB (default 0 50 200 800; quick 0 50)")
+    parser.add_argument("--strace-children", type=int, help="N of the N/2N strace runs (default 100; quick 10)")
     parser.add_argument("--json", type=Path, help="also write the targets table here (for run_all.py)")
     parser.add_argument("--syscall-worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.syscall_worker:
         return syscall_worker(args.syscall_worker[0], int(args.syscall_worker[1]))
-    rounds = args.rounds or (20 if args.quick else 150)
-    heaps = args.heaps or ([0, 50, 200] if args.quick else [0, 50, 200, 800])
-    strace_n = args.strace_children or (20 if args.quick else 100)
+    rounds = args.rounds or (15 if args.quick else 150)
+    heaps = args.heaps or ([0, 50] if args.quick else [0, 50, 200, 800])
+    strace_n = args.strace_children or (10 if args.quick else 100)
     block = args.block
 
     print(f"fork+wait per child: {rounds} rounds of blocks of {block} children, raw/ours/mp in turn")
@@ -323,7 +323,7 @@ def main() -> int:
     else:
         print(f"syscalls per child: skipped ({why_not})")
 
-    probe_n = 60 if args.quick else 300
+    probe_n = 30 if args.quick else 300
     print(f"where the time goes, per child (probe: {probe_n} children each, blocks taking turns; medians, us)")
     probes = postfork(probe_n)
     print(f"  {'phase':<36}" + "".join(f"{name:>8}" for name in probes) + f"{'ours-raw':>9}")
