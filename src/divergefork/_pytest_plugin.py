@@ -42,7 +42,7 @@ from _pytest.runner import CallInfo, runtestprotocol
 
 import divergefork as df
 
-from . import _child, _plugins
+from . import _child, _plugins, _status
 from ._hookspecs import Config as DfConfig
 
 __all__ = ["df_run", "df_scope"]
@@ -625,31 +625,31 @@ def _not_a_child() -> Iterator[None]:
     Only our sends (``_send``) use the channel to the parent.
     """
     global _channel
-    _channel = getattr(_child, "_status_fd", -1)
-    if not isinstance(_channel, int) or _channel < 0:
+    _channel = _child._sender
+    if _channel is None:
         yield
         return
-    _child._status_fd = -1
+    _child._sender = None
     try:
         yield
     finally:
-        _child._status_fd = _channel
+        _child._sender = _channel
 
 
-#: The status descriptor to the parent while it is hidden from the test (see _not_a_child).
-_channel = -1
+#: The sender to the parent while it is hidden from the test (see _not_a_child).
+_channel: _status.Sender | None = None
 
 
 def _send(value: object) -> None:
-    if _channel < 0:  # not hidden (or a runtime that keeps its channel elsewhere)
+    if _channel is None:  # not hidden
         df.send(value)
         return
-    hidden = _child._status_fd
-    _child._status_fd = _channel
+    hidden = _child._sender
+    _child._sender = _channel
     try:
         df.send(value)
     finally:
-        _child._status_fd = hidden
+        _child._sender = hidden
 
 
 def _inherited_warning_log() -> list[warnings.WarningMessage] | None:
