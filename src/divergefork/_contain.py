@@ -359,12 +359,17 @@ def _freeze_and_kill(root: int, *, root_stopped: bool = False) -> int:
     """
     frozen: dict[int, _Handle] = {}
     table: dict[int, _Stat] = {}
+    # Pids that changed under us (a parent exiting reparents its children): read again.
+    retry: set[int] = set()
     until = time.monotonic() + FREEZE_TIMEOUT
     pause = 0.0
     full = True
     try:
         while True:
-            _scan(table, None if full else set(frozen) | {root})
+            # Every pass reads all of /proc again: a process that forks and exits at once (a
+            # pid hopper) has children whose parent changes between two passes.
+            _scan(table, None)
+            retry.clear()
             if root not in table:
                 break  # the root itself is gone: nothing is under it any more
             busy = root_stopped and table[root][2] not in _INERT
@@ -383,7 +388,9 @@ def _freeze_and_kill(root: int, *, root_stopped: bool = False) -> int:
                 if handle is None:
                     # It changed under us (reparented, or a new process on a reused pid):
                     # look again on the next pass.
-                    busy = busy or _read_stat(pid) is not None
+                    if _read_stat(pid) is not None:
+                        busy = True
+                        retry.add(pid)
                 elif handle.signal(_SIGSTOP):
                     frozen[pid] = handle
                     parents.add(pid)

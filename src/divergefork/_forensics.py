@@ -59,6 +59,20 @@ def _enable() -> int:
     return fd
 
 
+def reclaim() -> None:
+    """In a child: point faulthandler back at ``stack_fd()`` if other code took it since.
+
+    (A test runner's own faulthandler set-up, say.) Costs a few system calls, so it is for
+    children that expect that, not for every child.
+    """
+    if _fd >= 0:
+        try:
+            faulthandler.enable(file=_fd, all_threads=True)
+            faulthandler.register(STACK_SIGNAL, file=_fd, all_threads=True, chain=False)
+        except (OSError, RuntimeError, ValueError):
+            pass
+
+
 def trim(text: str) -> str:
     """The stack as the user reads it: faulthandler's text down to the entry's first frame.
 

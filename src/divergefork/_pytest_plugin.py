@@ -42,7 +42,7 @@ from _pytest.runner import CallInfo, runtestprotocol
 
 import divergefork as df
 
-from . import _child, _plugins, _status
+from . import _child, _forensics, _plugins, _status
 from ._hookspecs import Config as DfConfig
 
 __all__ = ["df_run", "df_scope"]
@@ -592,6 +592,9 @@ def _child_main(job: _Job) -> NoReturn:
     item = job.item
     config = item.config
     try:
+        # pytest's own faulthandler plugin may have pointed faulthandler elsewhere since our
+        # first fork: point it back at this child's status pipe, for Report.stack.
+        _forensics.reclaim()
         _divert(config, job)
         # The warnings plugin's context for this test, entered in the parent before the fork,
         # records the child's warnings in its list: they are sent from there, as the parent's
@@ -788,8 +791,8 @@ def _unfinished(scope: df.Scope) -> list[df.Child]:
             waiter.step(0.0)  # reap what has already ended
         except Exception:  # noqa: BLE001 - the scope's exit will say what is wrong
             pass
-    running = list(getattr(waiter, "running", ()))
-    running += [entry[-1] for entry in getattr(scope, "_queue", ())]
+    running = list(getattr(waiter, "running", {}).values())
+    running += [entry[2] for entry in getattr(scope, "_queue", ())]
     return [child for child in running if isinstance(child, df.Child) and child.report is None]
 
 

@@ -287,10 +287,12 @@ class Waiter:
 
     def _can_take_stack(self, proc: Proc) -> bool:
         """A Python child can write its stack; an exec'd program would die of the signal."""
-        if _forensics.stack_fd() < 0 or proc.status_fd < 0:
-            return False
-        self._drain(proc)  # an exec record may be waiting in the pipe
-        return b"X" not in {kind for kind, _ in _status.parse(proc.status_buf).records}
+        return _forensics.stack_fd() >= 0 and proc.status_fd >= 0 and not self._execed(proc)
+
+    def _execed(self, proc: Proc) -> bool:
+        if proc.status_fd >= 0:
+            self._drain(proc)  # an exec record may be waiting in the pipe
+        return b"X" in {kind for kind, _ in _status.parse(proc.status_buf).records}
 
     def _kill_tree(self, proc: Proc) -> None:
         """Contained: freeze and kill the child's descendants while it still holds them all.
@@ -299,10 +301,18 @@ class Waiter:
         left stopped; the SIGCONT after SIGTERM (or the SIGKILL) ends that.
         """
         if proc.options.contain and proc.pid is not None and not _has_ended(proc):
-            proc.leftovers += _contain.kill_descendants(proc.pid, proc.pidfd)
+            try:
+                proc.leftovers += _contain.kill_descendants(proc.pid, proc.pidfd)
+            except OSError:
+                # Out of descriptors to read /proc with: the group signal that follows still
+                # reaches every descendant that stayed in the child's group.
+                pass
 
     def _terminate(self, proc: Proc, now: float) -> None:
-        self._kill_tree(proc)
+        if not self._execed(proc):
+            # An exec'd contained child is a supervisor: it forwards the SIGTERM to the
+            # program, and kills what the program leaves once it ends.
+            self._kill_tree(proc)
         proc.stage = TERMINATING
         proc.sigterm_at = now
         self._schedule(proc, now + proc.grace)
@@ -547,8 +557,8 @@ def build_report(proc: Proc, usage: resource.struct_rusage | None, ended: float)
     reason = proc.reason
     if reason == "timed_out":
         outcome = Outcome.TIMED_OUT
-        limit = "" if proc.options.timeout is None else f" of {proc.options.timeout:g} s"
-        error = _ended_text(proc, f"its deadline{limit} passed")
+        deadline = "" if proc.options.timeout is None else f" of {proc.options.timeout:g} s"
+        error = _ended_text(proc, f"its deadline{deadline} passed")
     elif reason == "cancelled":
         outcome = Outcome.CANCELLED
         error = _ended_text(proc, "its scope was left by an exception")
