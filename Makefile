@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PLUGIN_DISTS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: run test typecheck pytest bench clean
+.PHONY: run test typecheck pytest test-mypy-oldest bench clean
 
 # The oldest Python divergefork runs on (pyproject.toml's requires-python).
 FLOOR := 3.11
@@ -38,18 +38,34 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 run: $(STAMP)
 	$(BIN)/divergefork run
 
-# The mypy gate (strict, with our own plugin) runs before the tests; no cache, so a
-# changed plugin can never be hidden by a stale one.
+# Strict mypy with our own plugin runs before the tests (no cache, so a changed plugin can
+# never be hidden by a stale one), then the whole gate over the same files, as users run it.
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy --no-incremental --cache-dir=/dev/null src plugins tests
+	$(BIN)/divergefork check --config-file mypy.ini src plugins tests
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
-test: typecheck pytest
+# The gate's own tests again on the oldest mypy that pyproject.toml's `check` extra allows
+# (the main .venv has the newest), so both ends of the declared range are tested.
+MYPY_FLOOR := $(shell sed -n 's/^check = \["mypy>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+VENV_OLDEST := .venv-mypy-oldest
+STAMP_OLDEST := $(VENV_OLDEST)/.installed-$(MYPY_FLOOR)
+
+$(STAMP_OLDEST): pyproject.toml Makefile
+	rm -rf $(VENV_OLDEST)
+	$(PYTHON) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pip install --quiet -e '.[test]' 'mypy==$(MYPY_FLOOR)'
+	touch $(STAMP_OLDEST)
+
+test-mypy-oldest: $(STAMP_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pytest -p no:cacheprovider tests/test_gate_corpus.py tests/test_mypy_plugin.py tests/test_check.py
+
+test: typecheck pytest test-mypy-oldest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .pytest_cache
+	rm -rf $(VENV) $(VENV_OLDEST) build .mypy_cache .pytest_cache

@@ -257,3 +257,90 @@ def test_a_pyproject_without_tool_mypy_says_so(tmp_path: Path) -> None:
 def test_check_is_wired_into_the_command_line(tmp_path: Path) -> None:
     result = run_check(make_project(tmp_path, {}), "--help")
     assert result.returncode == 0 and "--config-file" in result.stdout
+
+
+LAUNDERED = """\
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import divergefork as df
+
+
+def work(n: int) -> Any:
+    raise SystemExit(n)
+
+
+def start(entry: Callable[[int], NoReturn]) -> None:
+    df.fork(1, entry)
+
+
+start(work)
+"""
+
+
+def test_a_leak_is_reported_where_it_happens(tmp_path: Path) -> None:
+    project = make_project(tmp_path, {"spam/__init__.py": LAUNDERED})
+    result = run_check(project)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'spam/__init__.py:17: error: Entry "work" flows into parameter "entry" of "start"' in result.stdout
+    assert "[divergefork-entry]" in result.stdout
+
+
+def test_warm_runs_use_the_cache_and_still_report(tmp_path: Path) -> None:
+    project = make_project(tmp_path, {"spam/__init__.py": LAUNDERED, "spam/clean.py": CLEAN})
+    cold = run_check(project)
+    warm = run_check(project)
+    assert cold.returncode == warm.returncode == 1
+    assert warm.stdout == cold.stdout  # the post-pass's findings come back from its cache
+    assert (project / ".mypy_cache" / "divergefork").is_dir()
+    assert (project / ".mypy_cache" / "divergefork-gate").is_dir()
+    (project / "spam" / "__init__.py").write_text(LAUNDERED.replace("-> Any:", "-> NoReturn:"))
+    fixed = run_check(project)
+    assert fixed.returncode == 0, fixed.stdout
+
+
+def test_json_output_is_mypys(tmp_path: Path) -> None:
+    import json
+
+    project = make_project(tmp_path, {"spam/__init__.py": LAUNDERED})
+    result = run_check(project, "--output", "json")
+    assert result.returncode == 1
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert any(r["code"] == "divergefork-entry" and r["line"] == 17 and r["severity"] == "error" for r in records)
+
+
+def test_configuration_that_switches_the_gate_off_is_named(tmp_path: Path) -> None:
+    config = "[mypy]\n[mypy-spam.legacy]\nignore_errors = True\n"
+    project = make_project(tmp_path, {"mypy.ini": config, "spam/__init__.py": CLEAN, "spam/legacy.py": LEAKY})
+    result = run_check(project, "spam")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'spam/legacy.py:1: note: The gate is off for "spam.legacy", which forks: ignore_errors = True' in result.stdout
+    assert "would fail with --strict-config" in result.stderr
+    strict = run_check(project, "--strict-config", "spam")
+    assert strict.returncode == 1
+    assert "spam/legacy.py:1: error: The gate is off" in strict.stdout
+
+
+def test_a_stub_shadowing_its_module_is_reported(tmp_path: Path) -> None:
+    stub = "from typing import NoReturn\n\ndef work(n: int) -> NoReturn: ...\n"
+    runtime = "def work(n):\n    return n\n"
+    uses = "import divergefork as df\n\nfrom spam.tools import work\n\ndf.fork(1, work)\n"
+    project = make_project(
+        tmp_path, {"spam/__init__.py": uses, "spam/tools.py": runtime, "spam/tools.pyi": stub}
+    )
+    result = run_check(project, "spam/__init__.py")
+    assert result.returncode == 1, result.stdout
+    assert "spam/tools.pyi:1: error:" in result.stdout and "tools.py, is never checked" in result.stdout
+
+
+def test_without_mypy_says_how_to_install(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mypy" else real(name, *a))
+    args = argparse.Namespace(paths=[], config_file=None, strict_config=False, output=None)
+    assert _check.main(args) == 2
+    assert "pip install 'divergefork[check]'" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """The mypy plugin, tested like any other behaviour: snippets and the errors mypy must report.
 
 Every snippet is strict-mode code; a line that must produce an error ends in
-``# E: code`` or ``# E: code: part of the message`` (several markers may follow one another),
+``# E: code`` or ``# E: code: part of the message`` (several markers may follow one another;
+``code|other`` where mypy versions differ),
 and every error mypy reports must be marked. mypy runs are slow (seconds each), so all
 snippets are checked in one run over one directory, sharing one cache for the session.
 """
@@ -71,7 +72,7 @@ class Case:
         """(line, code, message fragment) for every ``# E:`` marker."""
         found = []
         for number, line in enumerate(self.text.splitlines(), start=1):
-            for code, fragment in re.findall(r"# E: ([\w-]+)(?:: (.*?))?\s*(?=# E:|$)", line):
+            for code, fragment in re.findall(r"# E: ([\w|-]+)(?:: (.*?))?\s*(?=# E:|$)", line):
                 found.append((number, code, fragment))
         return found
 
@@ -134,7 +135,7 @@ CASES: list[Case] = [
             return function
 
 
-        @untyped_decorator  # E: untyped-decorator
+        @untyped_decorator  # E: untyped-decorator|misc
         def decorated(n: int) -> NoReturn:
             os._exit(n)
 
@@ -429,7 +430,8 @@ def test_case(case: Case, case_errors: tuple[list[Error], str]) -> None:
     missing = []
     for line, code, fragment in expected:
         for error in unmatched:
-            if error[1] == line and error[2] == code and fragment in error[3]:
+            # `a|b`: the code differs between supported mypy versions (untyped-decorator was misc).
+            if error[1] == line and error[2] in code.split("|") and fragment in error[3]:
                 unmatched.remove(error)
                 break
         else:

@@ -1,12 +1,15 @@
 """``divergefork check [PATH]...``: the mypy gate for plugin authors.
 
-Runs mypy in strict mode with the divergefork mypy plugin over the paths and exits with mypy's
-status. mypy loads plugins only from a config file, so the command writes a temporary one:
-the user's own config (found the way mypy finds it) with ``divergefork.mypy`` added to its
-plugins and nothing else changed, or a minimal strict one when there is none.
+Runs mypy in strict mode with the divergefork mypy plugin over the paths, then the gate's
+post-pass over what mypy checked (``divergefork._gate``), and exits with mypy's status. mypy
+loads plugins only from a config file, so the command writes a temporary one: the user's own
+config (found the way mypy finds it) with ``divergefork.mypy`` added to its plugins and nothing
+else changed, or a minimal strict one when there is none.
 
-mypy runs in a child interpreter (``sys.executable -m mypy``): the runtime never imports mypy,
-and mypy's output reaches the terminal as it is produced.
+The gate runs in a child interpreter (``sys.executable -m divergefork._gate``): the runtime
+never imports mypy, and mypy is an optional extra (``divergefork[check]``). It uses mypy's
+incremental cache (in ``<cache_dir>/divergefork``, beside the user's own), so a warm run costs
+about what a warm plain mypy run costs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from ._exitcodes import EXIT_USAGE
 
-__all__ = ["configure", "find_config", "main", "merged_config", "mypy_command"]
+__all__ = ["configure", "find_config", "gate_command", "main", "merged_config", "mypy_args", "mypy_command"]
 
 PLUGIN = "divergefork.mypy"
 # mypy's own search order (mypy.defaults): these in the current directory and its parents up to
@@ -49,12 +52,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the mypy config to extend (default: the one mypy itself would use)",
     )
+    parser.add_argument(
+        "--strict-config",
+        action="store_true",
+        help="fail when configuration switches the gate off for code that forks (ignore_errors, "
+        "disable_error_code, follow_imports = skip, check_untyped_defs = False)",
+    )
+    parser.add_argument(
+        "--output",
+        choices=["json"],
+        help="mypy's machine-readable output format (one JSON object a line)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the gate; return mypy's exit status (0 clean, 1 type errors, 2 usage or crash)."""
     if importlib.util.find_spec("mypy") is None:
-        print("divergefork check: mypy is not installed here; `pip install mypy`", file=sys.stderr)
+        print(
+            "divergefork check: mypy is not installed here; the gate needs it: "
+            "pip install 'divergefork[check]'",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     cwd = Path.cwd()
     config: Path | None
@@ -74,24 +92,33 @@ def main(args: argparse.Namespace) -> int:
         paths = list(args.paths) or ([] if has_files else default_paths(cwd))
         where = f"extending {config}" if config is not None else "no mypy config found, strict defaults"
         print(f"divergefork check: mypy --strict with {PLUGIN} ({where})", file=sys.stderr, flush=True)
-        return subprocess.run(mypy_command(merged, paths), check=False).returncode
+        extra = ["--output", args.output] if args.output else []
+        command = gate_command(merged, [*extra, *paths], strict_config=args.strict_config)
+        return subprocess.run(command, check=False).returncode
 
 
-def mypy_command(config: Path, paths: Sequence[str]) -> list[str]:
-    # No cache at all: a cache written by another plugin version (or none) must never hide an
-    # error, and a cold run is what the gate promises.
+def mypy_args(config: Path, paths: Sequence[str]) -> list[str]:
+    """mypy's own arguments for the gate: strict, over the merged config.
+
+    The cache is mypy's incremental one, in the user's cache_dir: the plugin's version is part
+    of every module's cache key (report_config_data), so a changed gate re-checks everything.
+    """
+    return ["--config-file", str(config), "--strict", *paths]
+
+
+def gate_command(config: Path, paths: Sequence[str], *, strict_config: bool = False) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "mypy",
-        "--config-file",
-        str(config),
-        "--strict",
-        "--no-incremental",
-        "--cache-dir",
-        os.devnull,
-        *paths,
+        "divergefork._gate",
+        *(["--strict-config"] if strict_config else []),
+        *mypy_args(config, paths),
     ]
+
+
+def mypy_command(config: Path, paths: Sequence[str]) -> list[str]:
+    """Plain mypy with the same arguments as the gate (for comparisons and benchmarks)."""
+    return [sys.executable, "-m", "mypy", *mypy_args(config, paths)]
 
 
 def find_config(start: Path) -> Path | None:

@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, NoReturn, TypeVar
 
-from . import _linux, _status
+from . import _contain, _limits, _linux, _status
 from ._errors import DivergeforkError
 from ._options import Options
 from ._report import RETURNED_EXIT_CODE
@@ -49,11 +49,14 @@ _PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__))
 # process. Every fork resets it (see the at-fork hook below), so a process forked from a
 # child with plain os.fork is not "in" a divergefork child and cannot write to the pipe.
 _sender: _status.Sender | None = None
+# Whether this process is a contained child: its _exit then kills what it leaves running.
+_contained = False
 
 
 def _forget_sender() -> None:
-    global _sender
+    global _sender, _contained
     _sender = None
+    _contained = False
 
 
 os.register_at_fork(after_in_child=_forget_sender)
@@ -75,7 +78,7 @@ def run(
     are what the caller had when it asked for this child (for a child a Scope queued, when
     it called ``scope.fork``: never the mask the runtime blocked for its bookkeeping).
     """
-    global _sender
+    global _sender, _contained
     code = 1
     try:
         try:
@@ -104,6 +107,12 @@ def run(
             if options.new_group and _linux.has_controlling_terminal():
                 signal.signal(signal.SIGTTIN, signal.SIG_IGN)
                 signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            if options.contain:
+                # Before the entry can fork: every orphan of its tree is reparented to us.
+                _contain.become_subreaper()
+                _contained = True
+            if options.limits is not None:
+                _limits.apply(options.limits)
             if callable(signal.getsignal(signal.SIGTERM)):
                 # A Python SIGTERM handler inherited from the parent would turn a deadline
                 # into an exception in the entry; the kernel's default is what we promise.
@@ -200,6 +209,8 @@ def exec_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
     # programs expect the defaults (subprocess restores them too).
     for sig in _RESTORE_AT_EXEC:
         signal.signal(sig, signal.SIG_DFL)
+    if inside and _contained:
+        _supervise_exec()  # returns only in the process that is to exec
     try:
         if environ is None:
             os.execvp(args[0], args)
@@ -219,10 +230,51 @@ def exec_child(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> 
     raise AssertionError("unreachable: exec returned")  # pragma: no cover
 
 
+def _supervise_exec() -> None:
+    """Contained: the program runs in a process of its own, and this one stays to supervise.
+
+    The program cannot run our code when it ends, so this child (a subreaper) waits for it,
+    forwarding signals, then kills what it left and ends as the program ended. Returns only
+    in the new process, which goes on to exec.
+    """
+    global _contained
+    sender = _sender
+    own_group = os.getpgrp() == os.getpid()
+    pid, mask = _contain.start_program(own_group)
+    if pid == 0:
+        _restore_sender(sender)  # the at-fork hook forgot it: an exec failure is still reported
+        _contained = False
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return
+    status, killed = _contain.supervise(pid, own_group)
+    if killed:
+        _send(b"C", str(killed).encode())
+    _contained = False  # done already
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)  # end as the program ended, for the parent's report
+        _exit(128 + sig)
+    _exit(os.waitstatus_to_exitcode(status))
+
+
+def _restore_sender(sender: _status.Sender | None) -> None:
+    global _sender
+    _sender = sender
+
+
 def _exit(code: int) -> NoReturn:
-    """The one place the child ends. Flushes Python's stdio, never runs atexit handlers."""
+    """The one place the child ends. Flushes Python's stdio, never runs atexit handlers.
+
+    A contained child first kills what it leaves running (one ``waitid`` when nothing).
+    """
     try:
         _flush()
+        if _contained:
+            killed = _contain.kill_leftovers()
+            if killed:
+                _send(b"C", str(killed).encode())
     finally:
         os._exit(code & 0xFF)  # what the kernel keeps of an exit status
 

@@ -134,6 +134,11 @@ _PR_GET_PDEATHSIG: Final = 2
 _PR_SET_CHILD_SUBREAPER: Final = 36
 
 
+def prctl_function() -> ctypes._NamedFuncPointer | None:
+    """libc's ``prctl`` through ctypes (plain int arguments), or None off Linux."""
+    return _prctl
+
+
 def set_parent_death_signal(sig: int) -> None:
     """Ask the kernel to send ``sig`` to this process when its parent thread dies (Linux)."""
     if _prctl is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal, final
 
 from ._limits import Limits
+from ._limits import check as check_limits
 
 __all__ = ["Codec", "OnParentExit", "Options", "Threads", "check_entry", "check_seconds", "entry_name"]
 
@@ -46,8 +47,10 @@ class Options:
             raise ValueError(f"fork(on_parent_exit=...) must be 'kill' or 'keep', not {self.on_parent_exit!r}")
         if self.threads not in ("refuse", "warn", "allow"):
             raise ValueError(f"fork(threads=...) must be 'refuse', 'warn' or 'allow', not {self.threads!r}")
-        if self.limits is not None and not isinstance(self.limits, Limits):
-            raise TypeError(f"fork(limits=...) must be a df.Limits or None, not {type(self.limits).__name__}")
+        if self.limits is not None:
+            if not isinstance(self.limits, Limits):
+                raise TypeError(f"fork(limits=...) must be a df.Limits or None, not {type(self.limits).__name__}")
+            check_limits(self.limits)  # a value above this process's hard limit: refused now
         if self.codec not in ("json", "pickle"):
             raise ValueError(f"fork(codec=...) must be 'json' or 'pickle', not {self.codec!r}")
         for flag in ("new_group", "capture", "contain"):

@@ -45,7 +45,7 @@ from _pytest.runner import CallInfo, runtestprotocol
 
 import divergefork as df
 
-from . import _child, _plugins
+from . import _child, _plugins, _status
 from ._hookspecs import Config as DfConfig
 
 __all__ = ["df_run", "df_scope"]
@@ -652,7 +652,7 @@ def _not_a_child() -> Iterator[None]:
     Only our sends (``_send``) use the channel to the parent.
     """
     global _channel
-    _channel = getattr(_child, "_sender", None)
+    _channel = _child._sender
     if _channel is None:
         yield
         return
@@ -663,12 +663,12 @@ def _not_a_child() -> Iterator[None]:
         _child._sender = _channel
 
 
-#: The runtime's sender to the parent while it is hidden from the test (see _not_a_child).
-_channel: Any = None
+#: The sender to the parent while it is hidden from the test (see _not_a_child).
+_channel: _status.Sender | None = None
 
 
 def _send(value: object) -> None:
-    if _channel is None:  # not hidden (or a runtime that keeps its channel elsewhere)
+    if _channel is None:  # not hidden
         df.send(value)
         return
     hidden = _child._sender

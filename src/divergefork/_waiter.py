@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol, TypeAlias
 
-from . import _forensics, _linux, _status
+from . import _contain, _forensics, _limits, _linux, _status
 from ._options import Options, entry_name
 from ._report import RETURNED_EXIT_CODE, Outcome, Report
 
@@ -90,6 +90,7 @@ class Proc:
         "killed_at",
         "reason",
         "ended_how",
+        "leftovers",
         "report",
         "waiter",
         "driver",
@@ -123,6 +124,8 @@ class Proc:
         self.reason: str | None = None
         #: (si_code, si_status) from waitid, kept before the zombie is reaped.
         self.ended_how: tuple[int, int] | None = None
+        #: Descendants the parent killed when it ended the child (containment).
+        self.leftovers = 0
         self.report: Report | None = None
         self.waiter: Waiter | None = None
         self.driver: Driver | None = None
@@ -289,7 +292,17 @@ class Waiter:
         self._drain(proc)  # an exec record may be waiting in the pipe
         return b"X" not in {kind for kind, _ in _status.parse(proc.status_buf).records}
 
+    def _kill_tree(self, proc: Proc) -> None:
+        """Contained: freeze and kill the child's descendants while it still holds them all.
+
+        Done first: a child that died of the SIGTERM would orphan them to init. The child is
+        left stopped; the SIGCONT after SIGTERM (or the SIGKILL) ends that.
+        """
+        if proc.options.contain and proc.pid is not None and not _has_ended(proc):
+            proc.leftovers += _contain.kill_descendants(proc.pid, proc.pidfd)
+
     def _terminate(self, proc: Proc, now: float) -> None:
+        self._kill_tree(proc)
         proc.stage = TERMINATING
         proc.sigterm_at = now
         self._schedule(proc, now + proc.grace)
@@ -299,6 +312,7 @@ class Waiter:
         _signal_child(proc, signal.SIGCONT)
 
     def _kill(self, proc: Proc, now: float) -> None:
+        self._kill_tree(proc)
         proc.stage = KILLED
         proc.killed_at = now
         _signal_child(proc, signal.SIGKILL)
@@ -513,6 +527,20 @@ def build_report(proc: Proc, usage: resource.struct_rusage | None, ended: float)
         execed = True
     if parsed.truncated and error is None:
         error = "the status pipe ended inside a record: part of what the child sent is lost"
+    leftovers = proc.leftovers
+    if b"C" in kinds:
+        leftovers += int(kinds[b"C"] or b"0")
+    # Linux counts max_rss in KiB.
+    user, system, rss = (0.0, 0.0, 0) if usage is None else (usage.ru_utime, usage.ru_stime, usage.ru_maxrss * 1024)
+    limit = _limits.limit_hit(
+        proc.options.limits,
+        signal=sig,
+        user_time=user,
+        system_time=system,
+        raised_memory_error=outcome is Outcome.RAISED and _last_line(error).startswith("MemoryError"),
+    )
+    if limit is not None:
+        outcome = Outcome.LIMIT_EXCEEDED
     stack: str | None = None
     if parsed.text and not execed and (sig in _forensics.FATAL_SIGNALS or proc.reason in ("timed_out", "cancelled")):
         stack = _forensics.trim(parsed.text) or None
@@ -524,12 +552,6 @@ def build_report(proc: Proc, usage: resource.struct_rusage | None, ended: float)
     elif reason == "cancelled":
         outcome = Outcome.CANCELLED
         error = _ended_text(proc, "its scope was left by an exception")
-    if usage is None:
-        user = system = 0.0
-        rss = 0
-    else:
-        user, system = usage.ru_utime, usage.ru_stime
-        rss = usage.ru_maxrss * 1024  # Linux counts KiB
     return Report(
         name=proc.name,
         pid=proc.pid or 0,
@@ -547,8 +569,15 @@ def build_report(proc: Proc, usage: resource.struct_rusage | None, ended: float)
         stdout=bytes(proc.out_buf[-CAPTURE_LIMIT:]),
         stderr=bytes(proc.err_buf[-CAPTURE_LIMIT:]),
         stack=stack,
+        limit=limit,
+        leftovers=leftovers,
         messages=tuple(messages),
     )
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _ended_text(proc: Proc, why: str) -> str:

@@ -15,6 +15,9 @@ through and a value that does not fit the entry. Two holes remain, and this plug
     does not pass, or returns something that does not fit. pluggy itself only compares argument
     names, at registration time, and never types.
 
+``divergefork check`` runs the whole gate: these checks, plus every other place an unproven
+callable can flow into a declared divergent type (``divergefork._gate``).
+
 Both are error codes of their own (not sub-codes of ``misc``), so ``# type: ignore[divergefork-entry]``
 and ``--disable-error-code divergefork-hookimpl`` work as for any mypy error.
 
@@ -28,7 +31,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from mypy.errorcodes import ErrorCode
 from mypy.messages import format_type
 from mypy.nodes import (
     ARG_NAMED,
@@ -45,58 +47,43 @@ from mypy.nodes import (
     MypyFile,
     NameExpr,
     RefExpr,
-    StrExpr,
     TypeInfo,
 )
 from mypy.options import Options
 from mypy.plugin import CheckerPluginInterface, FunctionContext, MethodContext, Plugin, ReportConfigContext
-from mypy.subtypes import find_member, is_subtype
+from mypy.subtypes import is_subtype
 from mypy.types import (
     AnyType,
     CallableType,
     Instance,
     NoneType,
-    Overloaded,
     Type,
     TypeOfAny,
-    TypeVarType,
     UninhabitedType,
-    UnionType,
     get_proper_type,
 )
+
+from ._gate.codes import (
+    CHILD_SPEC,
+    ENTRY,
+    ENTRY_TAKERS,
+    FORK,
+    HOOK_PREFIX,
+    HOOKIMPL,
+    HOOKSPECS_MODULE,
+    MARKER_CALLS,
+    PACKAGE,
+    SCOPE_FORK,
+)
+from ._gate.divergence import diverges, returned
+from ._gate.markers import MarkerOptions, Unknown, _UnknownType, is_marker, marker_options
 
 __all__ = ["ENTRY", "HOOKIMPL", "DivergeforkPlugin", "plugin"]
 
 # Bump whenever the plugin reports something new or stops reporting something: mypy's cache
 # stores per-module errors, and report_config_data() below makes a new version invalidate it.
-__version__: Final = "1.0.0"
+__version__: Final = "2.0.0"
 
-ENTRY: Final = ErrorCode(
-    "divergefork-entry",
-    "Check that an entry given to divergefork.fork, Scope.fork or ChildSpec provably never returns",
-    "divergefork",
-)
-HOOKIMPL: Final = ErrorCode(
-    "divergefork-hookimpl",
-    "Check @divergefork.hookimpl functions against the divergefork hook specifications",
-    "divergefork",
-)
-
-PACKAGE: Final = "divergefork"
-HOOKSPECS_MODULE: Final = "divergefork._hookspecs"
-HOOKIMPL_MARKER: Final = "divergefork._hookspecs.hookimpl"
-HOOK_PREFIX: Final = "divergefork_"
-
-# The callables that take an entry, with the name users know them by (for messages).
-FORK: Final = "divergefork._fork.fork"
-SCOPE_FORK: Final = "divergefork._scope.Scope.fork"
-CHILD_SPEC: Final = "divergefork._hookspecs.ChildSpec"
-ENTRY_TAKERS: Final = {FORK: "divergefork.fork()", SCOPE_FORK: "Scope.fork()", CHILD_SPEC: "ChildSpec()"}
-
-# pluggy 1.7 moved the markers to pluggy._decorators; older releases keep them in pluggy._hooks.
-MARKER_CALLS: Final = frozenset(
-    {"pluggy._decorators.HookimplMarker.__call__", "pluggy._hooks.HookimplMarker.__call__"}
-)
 PLUGGY_RESULT: Final = ("pluggy._result.Result", "pluggy.Result")
 
 # `@df.hookimpl(...)` is two calls: the marker call makes a decorator, and that decorator is
@@ -152,16 +139,24 @@ class DivergeforkPlugin(Plugin):
     def _check_marker_call(self, ctx: MethodContext) -> Type:
         context = ctx.context
         if isinstance(context, Decorator):
-            # Bare `@df.hookimpl`: mypy checks it as marker.__call__(function).
+            # Bare `@marker`: mypy checks it as marker.__call__(function).
             decorator = _decorator_at(context, ctx.args)
-            if decorator is not None and _is_marker(decorator):
-                self._check_hookimpl(context, MarkerOptions(), ctx.api)
+            if decorator is not None and is_marker(decorator, self._build_modules):
+                self._check_hookimpl(context.func, MarkerOptions(), _passed(ctx), ctx.api)
             return ctx.default_return_type
-        if isinstance(context, CallExpr) and _is_marker(context.callee) and not _passes_function(ctx):
-            # `@df.hookimpl(...)`: tag the decorator it returns, see APPLY_HOOKIMPL.
-            made = get_proper_type(ctx.default_return_type)
-            if isinstance(made, CallableType):
-                return made.copy_modified(name=APPLY_HOOKIMPL)
+        if isinstance(context, CallExpr) and is_marker(context.callee, self._build_modules):
+            options, function = marker_options(context)
+            if function is None:
+                # `@marker(...)`: tag the decorator it returns, see APPLY_HOOKIMPL.
+                made = get_proper_type(ctx.default_return_type)
+                if isinstance(made, CallableType):
+                    return made.copy_modified(name=APPLY_HOOKIMPL)
+            elif isinstance(function, RefExpr):
+                # `x = marker(function)`: pluggy sees the function just the same.
+                node = function.node
+                func = node.func if isinstance(node, Decorator) else node
+                if isinstance(func, FuncDef):
+                    self._check_hookimpl(func, options, _passed(ctx), ctx.api, at=function)
         return ctx.default_return_type
 
     def _check_applied_marker(self, ctx: FunctionContext) -> Type:
@@ -169,11 +164,22 @@ class DivergeforkPlugin(Plugin):
         if isinstance(context, Decorator):
             decorator = _decorator_at(context, ctx.args)
             if isinstance(decorator, CallExpr):
-                self._check_hookimpl(context, MarkerOptions.parse(decorator), ctx.api)
+                options, _ = marker_options(decorator)
+                self._check_hookimpl(context.func, options, _passed(ctx), ctx.api)
         return ctx.default_return_type
 
-    def _check_hookimpl(self, node: Decorator, marker: MarkerOptions, api: CheckerPluginInterface) -> None:
-        func = node.func
+    def _check_hookimpl(
+        self,
+        func: FuncDef,
+        marker: MarkerOptions,
+        seen: Type | None,
+        api: CheckerPluginInterface,
+        at: Context | None = None,
+    ) -> None:
+        """Check ``func`` as pluggy will call it: ``seen`` is what the marker was given.
+
+        Under other decorators that is their result, not ``func``'s own signature.
+        """
         if marker.specname is Unknown:
             return  # `specname=some_variable`: nothing can be said
         hook_name = marker.specname if isinstance(marker.specname, str) else func.name
@@ -181,6 +187,7 @@ class DivergeforkPlugin(Plugin):
         if specs is None:
             return  # the hookspec module is not part of this build
         spec = specs.get(hook_name)
+        context = at or func
         if spec is None:
             if marker.optionalhook is not False:
                 return  # pluggy accepts an optional hook that has no specification
@@ -189,12 +196,26 @@ class DivergeforkPlugin(Plugin):
             api.fail(
                 f'"{hook_name}" is not a divergefork hook{hint}; the hooks are '
                 f"{', '.join(sorted(specs))} (use optionalhook=True for a hook of another project)",
-                func,
+                context,
                 code=HOOKIMPL,
             )
             return
-        _check_parameters(func, hook_name, spec, api)
-        _check_return(func, hook_name, spec, marker, api, self._pluggy_result)
+        proper = get_proper_type(seen) if seen is not None else None
+        if isinstance(proper, AnyType) and func.type is not None and proper.type_of_any == TypeOfAny.from_error:
+            return  # mypy reported the decorator already
+        if isinstance(proper, AnyType) and func.type is not None:
+            api.fail(
+                f'Hook implementation "{hook_name}" is typed "Any" where pluggy sees it (an untyped '
+                "decorator?): its parameters and result cannot be checked",
+                context,
+                code=HOOKIMPL,
+            )
+            return
+        signature = proper if isinstance(proper, CallableType) else None
+        if signature is None and isinstance(func.type, CallableType):
+            signature = func.type
+        _check_parameters(func, hook_name, spec, api, signature, context)
+        _check_return(func, hook_name, spec, marker, api, self._pluggy_result, signature, context)
 
     def _hook_specs(self) -> dict[str, HookSpec] | None:
         module = self._build_modules.get(HOOKSPECS_MODULE)
@@ -215,7 +236,7 @@ class DivergeforkPlugin(Plugin):
 
 
 def plugin(version: str) -> type[Plugin]:
-    """mypy's entry point; the plugin supports every mypy the project supports (>= 1.10)."""
+    """mypy's entry point; the plugin supports the mypy versions in pyproject.toml's ``check`` extra."""
     return DivergeforkPlugin
 
 
@@ -224,6 +245,10 @@ def plugin(version: str) -> type[Plugin]:
 
 def _entry_checker(taker: str) -> Callable[[FunctionContext | MethodContext], Type]:
     def check(ctx: FunctionContext | MethodContext) -> Type:
+        if getattr(ctx.api, "current_node_deferred", False):
+            # mypy will check this node again once the forward reference is resolved; the
+            # Any it has now is a placeholder, not the entry's type.
+            return ctx.default_return_type
         try:
             index = ctx.callee_arg_names.index("entry")
         except ValueError:
@@ -236,7 +261,7 @@ def _entry_checker(taker: str) -> Callable[[FunctionContext | MethodContext], Ty
 
 
 def _check_entry(arg_type: Type, arg: Expression, taker: str, api: CheckerPluginInterface) -> None:
-    if _diverges(arg_type):
+    if diverges(arg_type):
         return
     # An entry that mypy already rejects (a `-> None` function, wrong arity) has its own
     # arg-type error; a second one would only be noise. What is left is exactly what plain
@@ -250,108 +275,26 @@ def _check_entry(arg_type: Type, arg: Expression, taker: str, api: CheckerPlugin
     )
     if not is_subtype(arg_type, never_returning):
         return
-    proper = get_proper_type(arg_type)
-    what = f"its type is {format_type(arg_type, api.options)}"
-    if not isinstance(proper, AnyType):
-        returned = _returned(arg_type)
-        if returned is not None:
-            what = f"it returns {format_type(returned, api.options)}"
     name = f' "{arg.name}"' if isinstance(arg, NameExpr | MemberExpr) else ""
     api.fail(
-        f"Entry{name} given to {taker} is not provably NoReturn ({what}); annotate the entry "
-        '"-> NoReturn" so mypy can prove that the child exits, execs, raises or loops forever',
+        f"Entry{name} given to {taker} is not provably NoReturn ({describe_leak(arg_type, api.options)}); "
+        'annotate the entry "-> NoReturn" so mypy can prove that the child exits, execs, raises or '
+        "loops forever",
         arg,
         code=ENTRY,
     )
 
 
-def _diverges(typ: Type) -> bool:
-    """Is every way of calling ``typ`` provably NoReturn (``Never``)?"""
-    proper = get_proper_type(typ)
-    if isinstance(proper, UninhabitedType):
-        return True  # an unreachable value: nothing is ever called
-    if isinstance(proper, CallableType):
-        return isinstance(get_proper_type(proper.ret_type), UninhabitedType)
-    if isinstance(proper, Overloaded):
-        return all(_diverges(item) for item in proper.items)
-    if isinstance(proper, UnionType):
-        return all(_diverges(item) for item in proper.items)
-    if isinstance(proper, TypeVarType):
-        return _diverges(proper.upper_bound)
-    if isinstance(proper, Instance):
-        # Callable objects, functools.partial (whose __call__ returns the partial's type) too.
-        call = find_member("__call__", proper, proper, is_operator=True)
-        return call is not None and _diverges(call)
-    return False  # Any, TypeType (a class returns an instance), and everything else
-
-
-def _returned(typ: Type) -> Type | None:
-    """The return type of ``typ`` to show in a message, if it has a single one."""
-    proper = get_proper_type(typ)
-    if isinstance(proper, CallableType):
-        return proper.ret_type
-    if isinstance(proper, TypeVarType):
-        return _returned(proper.upper_bound)
-    if isinstance(proper, Instance):
-        call = find_member("__call__", proper, proper, is_operator=True)
-        return None if call is None else _returned(call)
-    return None
+def describe_leak(typ: Type, options: Options) -> str:
+    """``it returns "Any"`` or ``its type is "Any"``: why ``typ`` does not prove divergence."""
+    if not isinstance(get_proper_type(typ), AnyType):
+        result = returned(typ)
+        if result is not None:
+            return f"it returns {format_type(result, options)}"
+    return f"its type is {format_type(typ, options)}"
 
 
 # --- hook implementations ----------------------------------------------------------------------
-
-
-class _UnknownType:
-    """A marker option given as an expression the plugin cannot evaluate."""
-
-    def __repr__(self) -> str:
-        return "Unknown"
-
-
-Unknown: Final = _UnknownType()
-
-
-@dataclass(frozen=True)
-class MarkerOptions:
-    """The options of one ``@df.hookimpl(...)`` that change what is checked."""
-
-    specname: str | None | _UnknownType = None
-    optionalhook: bool | _UnknownType = False
-    wrapper: bool | _UnknownType = False
-    hookwrapper: bool | _UnknownType = False
-
-    @classmethod
-    def parse(cls, call: CallExpr) -> MarkerOptions:
-        found: dict[str, str | None | bool | _UnknownType] = {}
-        for name, value in zip(call.arg_names, call.args):
-            if name == "specname":
-                found[name] = _literal(value, str)
-            elif name in ("optionalhook", "wrapper", "hookwrapper"):
-                found[name] = _literal(value, bool)
-        specname = found.get("specname", None)
-        assert not isinstance(specname, bool)
-        return cls(
-            specname=specname,
-            optionalhook=_as_flag(found.get("optionalhook", False)),
-            wrapper=_as_flag(found.get("wrapper", False)),
-            hookwrapper=_as_flag(found.get("hookwrapper", False)),
-        )
-
-
-def _literal(expr: Expression, kind: type[str] | type[bool]) -> str | None | bool | _UnknownType:
-    if isinstance(expr, NameExpr) and expr.fullname == "builtins.None":
-        return None
-    if kind is str and isinstance(expr, StrExpr):
-        return expr.value
-    if kind is bool and isinstance(expr, NameExpr) and expr.fullname in ("builtins.True", "builtins.False"):
-        return expr.fullname == "builtins.True"
-    return Unknown
-
-
-def _as_flag(value: str | None | bool | _UnknownType) -> bool | _UnknownType:
-    if value is None:
-        return False
-    return value if isinstance(value, bool | _UnknownType) else Unknown
 
 
 @dataclass(frozen=True)
@@ -392,42 +335,53 @@ def _is_spec_marker(expr: Expression) -> bool:
 def _firstresult(expr: Expression) -> bool:
     if not isinstance(expr, CallExpr):
         return False
-    return any(n == "firstresult" and _literal(v, bool) is True for n, v in zip(expr.arg_names, expr.args))
+    return any(
+        n == "firstresult" and isinstance(v, NameExpr) and v.fullname == "builtins.True"
+        for n, v in zip(expr.arg_names, expr.args)
+    )
 
 
-def _check_parameters(func: FuncDef, hook_name: str, spec: HookSpec, api: CheckerPluginInterface) -> None:
+def _check_parameters(
+    func: FuncDef,
+    hook_name: str,
+    spec: HookSpec,
+    api: CheckerPluginInterface,
+    signature: CallableType | None,
+    context: Context,
+) -> None:
     passed = spec.parameters()
-    arguments = func.arguments
-    impl_type = func.type if isinstance(func.type, CallableType) else None
-    impl_types: list[Type | None] = list(impl_type.arg_types) if impl_type else [None] * len(arguments)
+    if signature is None:
+        return  # unannotated: strict mode reports that already
+    arguments = {argument.variable.name: argument for argument in func.arguments}
+    parameters = list(zip(signature.arg_names, signature.arg_kinds, signature.arg_types))
     if func.info and not func.is_static:
         # pluggy registers plugin instances and classes: the bound self/cls is never a hook argument.
-        arguments, impl_types = arguments[1:], impl_types[1:]
-    for argument, declared in zip(arguments, impl_types):
-        name = argument.variable.name
-        if argument.kind == ARG_NAMED:
+        parameters = parameters[1:]
+    for name, kind, declared in parameters:
+        where: Context = arguments.get(name, context) if name else context
+        if kind == ARG_NAMED:
             api.fail(
                 f'Hook implementation "{hook_name}" has a keyword-only parameter "{name}" without a '
                 "default; pluggy passes hook arguments positionally, so it would never be given",
-                argument,
+                where,
                 code=HOOKIMPL,
             )
-        if argument.kind != ARG_POS:
+        if kind != ARG_POS or name is None:
             continue  # pluggy passes only parameters without defaults; *args/**kwargs stay empty
         if name not in passed:
             api.fail(
                 f'Hook implementation "{hook_name}" asks for "{name}", which the hookspec does not '
                 f"pass: {hook_name}{spec.describe(api.options)}",
-                argument,
+                where,
                 code=HOOKIMPL,
             )
             continue
-        if declared is not None and not is_subtype(passed[name], declared):
+        if not is_subtype(passed[name], declared):
             api.fail(
                 f'Parameter "{name}" of hook implementation "{hook_name}" has type '
                 f"{format_type(declared, api.options)}, but the hookspec passes "
                 f"{format_type(passed[name], api.options)}",
-                argument,
+                where,
                 code=HOOKIMPL,
             )
 
@@ -439,15 +393,17 @@ def _check_return(
     marker: MarkerOptions,
     api: CheckerPluginInterface,
     pluggy_result: Callable[[Type], Instance | None],
+    signature: CallableType | None,
+    context: Context,
 ) -> None:
-    if not isinstance(func.type, CallableType):
+    if signature is None:
         return  # unannotated: strict mode reports that already
-    returned = func.type.ret_type
+    returned = signature.ret_type
     if func.is_coroutine:
         api.fail(
             f'Hook implementation "{hook_name}" is a coroutine function; pluggy calls hooks '
             "synchronously and never awaits them",
-            func,
+            context,
             code=HOOKIMPL,
         )
         return
@@ -456,15 +412,23 @@ def _check_return(
     # single first result of a firstresult hook.
     result = expected if spec.firstresult else api.named_generic_type("builtins.list", [expected])
     if marker.wrapper is True or marker.hookwrapper is True:
-        _check_wrapper_return(func, hook_name, returned, result, marker, api, pluggy_result)
+        _check_wrapper_return(func, hook_name, returned, result, marker, api, pluggy_result, context)
         return
     if isinstance(marker.wrapper, _UnknownType) or isinstance(marker.hookwrapper, _UnknownType):
+        return
+    if isinstance(get_proper_type(returned), AnyType) and not isinstance(get_proper_type(expected), AnyType):
+        api.fail(
+            f'Hook implementation "{hook_name}" returns "Any", which hides whether it fits the '
+            f"hookspec's {format_type(expected, api.options)}; declare the real type",
+            context,
+            code=HOOKIMPL,
+        )
         return
     if not is_subtype(returned, expected):
         api.fail(
             f'Hook implementation "{hook_name}" returns {format_type(returned, api.options)}, '
             f"but the hookspec expects {format_type(expected, api.options)}",
-            func,
+            context,
             code=HOOKIMPL,
         )
 
@@ -477,6 +441,7 @@ def _check_wrapper_return(
     marker: MarkerOptions,
     api: CheckerPluginInterface,
     pluggy_result: Callable[[Type], Instance | None],
+    context: Context,
 ) -> None:
     kind = "wrapper=True" if marker.wrapper is True else "hookwrapper=True"
     generator = _generator_args(returned)
@@ -484,7 +449,7 @@ def _check_wrapper_return(
         api.fail(
             f'Hook implementation "{hook_name}" ({kind}) must be a generator that yields once, '
             f"but it returns {format_type(returned, api.options)}",
-            func,
+            context,
             code=HOOKIMPL,
         )
         return
@@ -496,7 +461,7 @@ def _check_wrapper_return(
             api.fail(
                 f'Hook wrapper "{hook_name}" receives and must return {format_type(result, api.options)}: '
                 f"annotate it -> {wanted}",
-                func,
+                context,
                 code=HOOKIMPL,
             )
         return
@@ -506,7 +471,7 @@ def _check_wrapper_return(
         api.fail(
             f'Hook wrapper "{hook_name}" (hookwrapper=True) receives {format_type(outcome, api.options)} '
             f"at its yield, not {format_type(sent, api.options)}",
-            func,
+            context,
             code=HOOKIMPL,
         )
 
@@ -547,13 +512,9 @@ def _imports_divergefork(imp: Import | ImportFrom | ImportAll | object) -> bool:
     return any(name == PACKAGE or name.startswith(PACKAGE + ".") for name in names)
 
 
-def _is_marker(expr: Expression) -> bool:
-    return isinstance(expr, RefExpr) and expr.fullname == HOOKIMPL_MARKER
-
-
-def _passes_function(ctx: MethodContext) -> bool:
-    """Is this ``df.hookimpl(function, ...)`` rather than ``df.hookimpl(...)`` making a decorator?"""
-    return bool(ctx.args and ctx.args[0])
+def _passed(ctx: FunctionContext | MethodContext) -> Type | None:
+    """The type of the function given to a marker (or to the decorator a marker made)."""
+    return ctx.arg_types[0][0] if ctx.arg_types and ctx.arg_types[0] else None
 
 
 def _decorator_at(node: Decorator, args: list[list[Expression]]) -> Expression | None:
