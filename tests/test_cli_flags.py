@@ -102,8 +102,7 @@ def _runtime_applies_limits() -> bool:
 
 
 def test_limits_reach_every_child_merged_with_its_own() -> None:
-    if not _runtime_applies_limits():
-        pytest.skip("this runtime does not apply df.Limits yet (the lead's turn-2 runtime does)")
+    assert _runtime_applies_limits()
     done = divergefork(
         "run", *dfx("r=rlimit"), "--limit-memory", "512M", "--limit-cpu", "10", "--limit-files", "64",
         "--limit-fsize", "1M", "--json", "-",
