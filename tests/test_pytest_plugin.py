@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+import _pytest
 import pytest
 
 import divergefork as df
@@ -32,7 +33,7 @@ def _runtime_fills_stack() -> bool:
         os.kill(os.getpid(), signal.SIGSEGV)
         raise AssertionError("unreachable")
 
-    return df.fork(None, crash).wait().stack is not None
+    return df.fork(None, crash, threads="allow").wait().stack is not None
 
 
 NEEDS_STACK = pytest.mark.xfail(
@@ -49,7 +50,7 @@ def _runtime_applies_limits() -> bool:
         del files
         df.exit_child(0)
 
-    return df.fork(None, opens, limits=df.Limits(open_files=5)).wait().exit_code == 42
+    return df.fork(None, opens, limits=df.Limits(open_files=5), threads="allow").wait().exit_code == 42
 
 
 NEEDS_LIMITS = pytest.mark.xfail(
@@ -703,7 +704,9 @@ def test_a_crash_fails_that_test_and_the_session_goes_on(pytester: pytest.Pytest
 @NEEDS_STACK
 def test_a_crash_says_where_it_died(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(CRASHES)
-    result = run(pytester, "--fork", "-k", "segfault")
+    # A fresh process: in this one, the inner pytest's faulthandler plugin would take over
+    # the handler the runtime set up when this process first forked.
+    result = run(pytester, "--fork", "-k", "segfault", subprocess=True)
     result.stdout.fnmatch_lines(["*signaled SIGSEGV at *", "*Python stack where it was:*", "*test_segfault_in_c*"])
 
 
@@ -715,6 +718,9 @@ def test_the_failure_text_names_the_end_and_shows_the_stack() -> None:
     text = _death_text(crashed, _Plan(None, None, "refuse"))
     assert text.splitlines()[0] == "the forked test process died: signaled SIGSEGV at test_x (t.py:3)"
     assert text.endswith("Python stack where it was:\n" + stack.rstrip())
+    runner = f'  File "{os.path.dirname(_pytest.__file__)}/runner.py", line 1 in call_and_report\n'
+    deep = df.Report(name="t", pid=7, outcome=df.Outcome.SIGNALED, signal=signal.SIGSEGV, stack=stack + runner)
+    assert _death_text(deep, _Plan(None, None, "refuse")).endswith(stack + "  ... (pytest running the test)")
     late = df.Report(name="t.py::test_x", pid=7, outcome=df.Outcome.TIMED_OUT, signal=signal.SIGTERM)
     assert _death_text(late, _Plan(2.5, None, "refuse")).startswith("the forked test timed out after 2.5 s: timed_out SIGTERM")
 
@@ -750,7 +756,7 @@ def test_fork_timeout_sets_every_deadline(pytester: pytest.Pytester) -> None:
 @NEEDS_STACK
 def test_a_deadline_says_where_the_test_was(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(DEADLINES)
-    result = run(pytester)
+    result = run(pytester, subprocess=True)
     result.stdout.fnmatch_lines(["*timed out after 0.5 s: timed_out * at test_hangs (*", "*Python stack where it was:*", "*line * in test_hangs*"])
 
 

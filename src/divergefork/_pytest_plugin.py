@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NoReturn, cast, final
 
+import _pytest
+import pluggy
 import pytest
 from _pytest._code.code import TerminalRepr
 from _pytest._io import TerminalWriter
@@ -549,8 +552,32 @@ def _death_text(ended: df.Report, plan: _Plan | _Unforkable) -> str:
     if ended.error:
         parts.append(ended.error.rstrip())
     if ended.stack:
-        parts.append("Python stack where it was:\n" + ended.stack.rstrip())
+        parts.append("Python stack where it was:\n" + _without_pytest(ended.stack).rstrip())
     return "\n\n".join(parts)
+
+
+_RUNNER_DIRS: Final = tuple(
+    f'File "{os.path.dirname(os.path.abspath(module.__file__ or ""))}{os.sep}' for module in (_pytest, pluggy)
+)
+
+
+def _without_pytest(stack: str) -> str:
+    """A faulthandler dump cut, in each thread, where pytest's and pluggy's frames begin.
+
+    Most recent call first: the test's frames come first; below them is the runner calling
+    it, the same for every test.
+    """
+    kept: list[str] = []
+    cut = False
+    for line in stack.splitlines():
+        if not line.startswith("  File "):
+            cut = False  # a thread's header, or text around the frames
+        elif not cut and line.lstrip().startswith(_RUNNER_DIRS):
+            cut = True
+            kept.append("  ... (pytest running the test)")
+        if not cut or not line.startswith("  File "):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
 
 
 def _replay_warning(item: pytest.Item, data: dict[str, Any]) -> None:
@@ -791,9 +818,12 @@ def _unfinished(scope: df.Scope) -> list[df.Child]:
             waiter.step(0.0)  # reap what has already ended
         except Exception:  # noqa: BLE001 - the scope's exit will say what is wrong
             pass
-    running = list(getattr(waiter, "running", {}).values())
-    running += [entry[2] for entry in getattr(scope, "_queue", ())]
-    return [child for child in running if isinstance(child, df.Child) and child.report is None]
+    # The scope keeps no public list of its children: read its waiter's and its queue's
+    # (whatever their shape: a queue entry is a tuple holding the Child).
+    running: Any = getattr(waiter, "running", ())
+    children = list(running.values() if isinstance(running, dict) else running)
+    children += [part for entry in getattr(scope, "_queue", ()) for part in entry]
+    return [child for child in children if isinstance(child, df.Child) and child.report is None]
 
 
 @final
