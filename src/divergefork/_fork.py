@@ -77,7 +77,7 @@ def start(
         )
     if options.threads != "allow" and _linux.thread_count() != 1:
         _threads_at_fork(options.threads)
-    me = os.getpid()
+    me = _linux.THIS_PROCESS.pid
     if waiter is not None and waiter.owner != me:
         raise DivergeforkError(
             f"this Scope belongs to process {waiter.owner}; process {me} cannot fork "
@@ -333,15 +333,16 @@ class Child(Proc):
         return waiter
 
     def _check_owner(self) -> None:
-        if self.owner != os.getpid():
+        me = _linux.THIS_PROCESS.pid
+        if self.owner != me:
             raise DivergeforkError(
                 f"child {self.name!r} (pid {self.pid}) belongs to process {self.owner}; "
-                f"process {os.getpid()} cannot wait for or signal it"
+                f"process {me} cannot wait for or signal it"
             )
 
     def __del__(self) -> None:
         # A handle interrupted while being built may lack attributes.
-        if getattr(self, "report", True) is None and self.pid and self.owner == os.getpid():
+        if getattr(self, "report", True) is None and self.pid and self.owner == _linux.THIS_PROCESS.pid:
             _orphans.append((self.pid, self.pidfd, self.name))
             for fd in (self.status_fd, self.out_fd, self.err_fd):
                 if fd >= 0:

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, final
 
 __all__ = [
     "HAVE_FORK",
@@ -154,11 +154,6 @@ def parent_death_signal() -> int:
     return sig.value
 
 
-def set_child_subreaper() -> bool:
-    """Make orphaned descendants of this process its children, not init's (Linux >= 3.4)."""
-    return _prctl is not None and _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-
-
 def thread_count() -> int:
     """Threads in this process as the kernel counts them, native ones included.
 
@@ -169,6 +164,28 @@ def thread_count() -> int:
         return os.stat("/proc/self/task").st_nlink - 2
     except OSError:
         return threading.active_count()
+
+
+@final
+class _ThisProcess:
+    """This process's pid, kept current by an at-fork hook: read with no system call.
+
+    (``os.getpid()`` is a system call; the fork path asks "which process am I?" several
+    times per child.) An attribute read, not a call, also for ``Scope.__exit__``, which must
+    call nothing where an interrupt would skip its bookkeeping.
+    """
+
+    __slots__ = ("pid",)
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def refresh(self) -> None:
+        self.pid = os.getpid()
+
+
+THIS_PROCESS: Final = _ThisProcess()
+os.register_at_fork(after_in_child=THIS_PROCESS.refresh)
 
 
 def _probe_pidfd() -> bool:

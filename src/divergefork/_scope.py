@@ -28,15 +28,7 @@ T = TypeVar("T")
 _DEFAULT: Final[Any] = object()
 
 # This process's pid, kept by an at-fork hook: __exit__ and __del__ compare it without a call.
-_pid = os.getpid()
-
-
-def _refresh_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_refresh_pid)
+_this: Final = _linux.THIS_PROCESS
 
 _Queued = tuple[Any, Callable[[Any], NoReturn], Child, tuple[ctypes.Array[ctypes.c_ubyte], dict[int, object]]]
 
@@ -97,7 +89,7 @@ class Scope:
         self._queue: deque[_Queued] = deque()
         #: Reports not yet yielded by as_completed().
         self._unseen: deque[Report] = deque()
-        self._owner = os.getpid()
+        self._owner = _this.pid
         self._state = "new"
         #: Every report so far, in the order the children ended.
         self.reports: list[Report] = []
@@ -125,7 +117,7 @@ class Scope:
         # No call before the try: a signal's handler can only raise after a call returns (or
         # as a function starts: for an interrupt landing right there, see __del__).
         try:
-            if _pid != self._owner:
+            if _this.pid != self._owner:
                 return  # a forked child that unwinds here must not touch the parent's children
             if exc is None:
                 for _ in self.as_completed():
@@ -133,11 +125,11 @@ class Scope:
             else:
                 self._cancel()
         except BaseException:
-            if _pid == self._owner:
+            if _this.pid == self._owner:
                 self._cancel()  # returns at once if every child is already reaped
             raise
         finally:
-            if _pid == self._owner:
+            if _this.pid == self._owner:
                 self._state = "closed"  # last: until then __del__ would finish the job
         # Returning None re-raises the block's exception unchanged.
 
@@ -146,7 +138,7 @@ class Scope:
         # interrupt landing just as __exit__ is called skips all of it, and no code can guard
         # that instant. The scope then dies open: end and reap what it left, loudly.
         waiter = getattr(self, "_waiter", None)
-        if waiter is None or getattr(self, "_state", None) != "open" or self._owner != _pid:
+        if waiter is None or getattr(self, "_state", None) != "open" or self._owner != _this.pid:
             return
         left = len(waiter.running) + len(self._queue)
         self._queue.clear()
@@ -364,7 +356,7 @@ class Scope:
         return False
 
     def _check_open(self, what: str) -> None:
-        if _pid != self._owner:
+        if _this.pid != self._owner:
             raise DivergeforkError(
                 f"Scope.{what}() called in process {os.getpid()}, but the scope belongs to "
                 f"process {self._owner}; a child must open a Scope of its own"

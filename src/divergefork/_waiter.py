@@ -129,7 +129,7 @@ class Proc:
         self.report: Report | None = None
         self.waiter: Waiter | None = None
         self.driver: Driver | None = None
-        self.owner = os.getpid()
+        self.owner = _linux.THIS_PROCESS.pid
 
     @property
     def name(self) -> str:
@@ -146,7 +146,7 @@ class Waiter:
     def __init__(self, *, on_output: OutputCallback | None = None) -> None:
         self._on_output = on_output
         #: The process that made this waiter: only it may add children.
-        self.owner = os.getpid()
+        self.owner = _linux.THIS_PROCESS.pid
         self._poll = select.poll()  # registering costs no system call, unlike epoll
         self._watched: dict[int, tuple[Proc, int]] = {}
         self._heap: list[tuple[float, int, Proc]] = []
